@@ -1,0 +1,33 @@
+"""Input checks shared by the losses. Every check runs before any state (centers) is touched."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_batch(features: Tensor, labels: Tensor, feat_dim: int | None = None, num_classes: int | None = None,
+                check_finite: bool = True) -> None:
+    """Raise a clear error for malformed ``(features (B, d), labels (B,))``."""
+    if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError("features and labels must be torch.Tensors")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}")
+    if features.dim() != 2:
+        raise ValueError(f"features must have shape (B, d), got {tuple(features.shape)}")
+    if feat_dim is not None and features.shape[1] != feat_dim:
+        raise ValueError(f"features have width {features.shape[1]}, but the loss was built with feat_dim={feat_dim}")
+    if labels.dtype in (torch.bool,) or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor (torch.long), got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (B,), got {tuple(labels.shape)}")
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"batch size mismatch: {features.shape[0]} features but {labels.shape[0]} labels")
+    if features.shape[0] == 0:
+        raise ValueError("empty batch: features and labels have zero rows")
+    if num_classes is not None:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
+    if check_finite and not bool(torch.isfinite(features).all()):
+        raise ValueError("features contain NaN or Inf; refusing to compute the loss or move the centers")

@@ -25,6 +25,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 # Importing the modules registers their networks.
-from . import lenet  # noqa: E402,F401
+from . import face_resnet, lenet, paper_net  # noqa: E402,F401
 
 __all__ = ["MODELS", "create_model", "register_model"]

@@ -1,0 +1,179 @@
+"""k-fold verification: against a slow reference loop, leak tests, sanity extremes, single-fold sub-folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from centerloss.errors import DataError
+from centerloss.eval.verification import evaluate_pairs, stratified_subfolds
+
+
+def _pairs(n_folds=10, per=60, d=16, noise=1.0, seed=0, offset=0.0):
+    """Genuine pairs share an identity vector; impostor pairs do not. Equal classes per fold."""
+    rng = np.random.default_rng(seed)
+    p = n_folds * per
+    same = np.tile(np.r_[np.ones(per // 2, bool), np.zeros(per - per // 2, bool)], n_folds)
+    ida = rng.normal(size=(p, d))
+    idb = np.where(same[:, None], ida, rng.normal(size=(p, d)))
+    a = ida + noise * rng.normal(size=(p, d)) + offset
+    b = idb + noise * rng.normal(size=(p, d)) + offset
+    folds = np.repeat(np.arange(n_folds), per)
+    return a.astype(np.float32), b.astype(np.float32), same, folds
+
+
+def _slow_reference(a, b, y, folds, pca_dim=None):
+    """The protocol written as plainly as possible: refit everything per fold, loop over every threshold."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    accs, thrs, pooled = [], [], np.zeros(len(y))
+    for f in np.unique(folds):
+        tr, te = folds != f, folds == f
+        x = np.concatenate([a[tr], b[tr]])
+        mu = x.mean(0)
+        if pca_dim is None:
+            proj = np.eye(a.shape[1])
+        else:
+            _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
+            proj = vt[:pca_dim].T
+
+        def score(u, v, mu=mu, proj=proj):
+            u = (u - mu) @ proj
+            v = (v - mu) @ proj
+            u /= np.linalg.norm(u, axis=1, keepdims=True)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            return (u * v).sum(1)
+
+        s_tr, s_te = score(a[tr], b[tr]), score(a[te], b[te])
+        uq = np.unique(s_tr)
+        cands = np.r_[uq[0] - 1.0, (uq[1:] + uq[:-1]) / 2, uq[-1] + 1.0]
+        acc_tr = np.array([np.mean((s_tr >= c) == y[tr]) for c in cands])
+        best = np.flatnonzero(acc_tr == acc_tr.max())
+        thr = cands[best[(best.size - 1) // 2]]
+        thrs.append(thr)
+        accs.append(np.mean((s_te >= thr) == y[te]))
+        pooled[te] = s_te
+    return np.array(accs), np.array(thrs), pooled
+
+
+@pytest.mark.parametrize("pca_dim", [None, 5])
+@pytest.mark.parametrize("n_folds", [10, 3])
+def test_matches_slow_reference(pca_dim, n_folds):
+    a, b, y, folds = _pairs(n_folds=n_folds, noise=1.3, offset=0.7)
+    r = evaluate_pairs(a, b, y, folds, pca_dim=pca_dim)
+    accs, thrs, pooled = _slow_reference(a, b, y, folds, pca_dim)
+    np.testing.assert_allclose(r.scores, pooled, atol=1e-9)
+    np.testing.assert_allclose(r.fold_thresholds, thrs, atol=1e-9)
+    np.testing.assert_array_equal(r.fold_accuracies, accs)
+    assert r.accuracy_mean == pytest.approx(accs.mean())
+    assert r.accuracy_std == pytest.approx(accs.std(ddof=1))
+    assert 0.6 < r.accuracy_mean < 0.99  # a non-trivial problem, so thresholds matter
+
+
+@pytest.mark.parametrize("pca_dim", [None, 4])
+def test_held_out_scores_ignore_the_held_out_folds_features(pca_dim):
+    """A pair's pooled score uses statistics of the *other* folds only: rewriting every other pair of its own
+    fold (wildly) must not move it, while rewriting a training fold must."""
+    a, b, y, folds = _pairs(noise=1.0)
+    base = evaluate_pairs(a, b, y, folds, pca_dim=pca_dim).scores
+    rng = np.random.default_rng(1)
+    a2, b2 = a.copy(), b.copy()
+    others = np.flatnonzero(folds == 0)[1:]  # fold 0 except its first pair
+    a2[others] = 50 * rng.normal(size=(others.size, a.shape[1])) + 20
+    b2[others] = 50 * rng.normal(size=(others.size, a.shape[1])) - 20
+    moved = evaluate_pairs(a2, b2, y, folds, pca_dim=pca_dim).scores
+    first = np.flatnonzero(folds == 0)[0]
+    assert moved[first] == pytest.approx(base[first], abs=1e-12)
+    assert np.abs(moved[folds == 1] - base[folds == 1]).max() > 1e-3  # fold 0 is training data for fold 1
+
+
+def test_pca_fitted_on_test_fold_would_change_the_answer():
+    """Fold 0's identity information lives in dimensions that only fold 0 uses. PCA fitted on the training
+    folds (correct) projects it away -> chance accuracy on fold 0; a PCA that saw fold 0 would keep it."""
+    rng = np.random.default_rng(0)
+    a, b, y, folds = _pairs(n_folds=2, per=400, d=4, noise=0.3)
+    pad = np.zeros((a.shape[0], 4), np.float32)
+    a, b = np.hstack([a, pad]), np.hstack([b, pad])  # (P, 8); dims 4-7 empty
+    f0 = folds == 0
+    scale = 3.0  # fold 0 moves to dims 4-7 with more variance than fold 1 has in dims 0-3
+    a[f0, 4:], b[f0, 4:] = scale * a[f0, :4], scale * b[f0, :4]
+    a[f0, :4] = 0.01 * rng.normal(size=(f0.sum(), 4))
+    b[f0, :4] = 0.01 * rng.normal(size=(f0.sum(), 4))
+    honest = evaluate_pairs(a, b, y, folds, pca_dim=4)
+    assert roc_auc_score(y[f0], honest.scores[f0]) < 0.6  # threshold-free: fold 0's held-out scores are noise
+    # the leaky variant, for contrast: PCA on all pairs keeps dims 4-7 and fold 0 becomes easy
+    x = np.concatenate([a, b]).astype(np.float64)
+    mu = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
+    za, zb = (a[f0] - mu) @ vt[:4].T, (b[f0] - mu) @ vt[:4].T
+    s = (za * zb).sum(1) / np.linalg.norm(za, axis=1) / np.linalg.norm(zb, axis=1)
+    assert roc_auc_score(y[f0], s) > 0.95
+
+
+def test_mean_fitted_on_training_folds_only():
+    """Fold 0 carries a large private offset. Centred with the other folds' mean it stays (cosines near 1 ->
+    chance); a mean that included fold 0 would differ, and the reference with the training mean agrees."""
+    a, b, y, folds = _pairs(n_folds=4, per=200, d=8, noise=0.3)
+    f0 = folds == 0
+    a[f0] += 25.0
+    b[f0] += 25.0
+    r = evaluate_pairs(a, b, y, folds)
+    _, _, pooled = _slow_reference(a, b, y, folds)
+    np.testing.assert_allclose(r.scores, pooled, atol=1e-9)
+    assert r.scores[f0].min() > 0.9
+    assert r.fold_accuracies[0] < 0.6
+    assert r.fold_accuracies[1:].min() > 0.9
+
+
+def test_perfect_and_random_embeddings():
+    a, b, y, folds = _pairs(noise=0.0, d=32)
+    r = evaluate_pairs(a, b, y, folds)
+    assert r.accuracy_mean == 1.0 and r.auc == 1.0 and r.eer == 0.0
+    assert r.tar_at_far[1e-3] == 1.0
+    rng = np.random.default_rng(5)
+    ra = rng.normal(size=(6000, 64))
+    rb = rng.normal(size=(6000, 64))
+    y = np.tile(np.r_[np.ones(300, bool), np.zeros(300, bool)], 10)
+    r = evaluate_pairs(ra, rb, y, np.repeat(np.arange(10), 600), pca_dim=16)
+    assert abs(r.accuracy_mean - 0.5) < 0.03
+    assert abs(r.auc - 0.5) < 0.03
+    assert abs(r.eer - 0.5) < 0.03
+
+
+def test_single_fold_needs_explicit_subfolds():
+    a, b, y, folds = _pairs(n_folds=10)
+    one = folds == 3
+    with pytest.raises(DataError, match="subfolds"):
+        evaluate_pairs(a[one], b[one], y[one], folds[one])
+    r = evaluate_pairs(a[one], b[one], y[one], folds[one], subfolds=5, seed=1)
+    assert r.folds.size == 5 and "sub-folds" in r.protocol
+    again = evaluate_pairs(a[one], b[one], y[one], None, subfolds=5, seed=1)
+    np.testing.assert_array_equal(r.scores, again.scores)  # deterministic
+    with pytest.raises(DataError, match="only for a single fold"):
+        evaluate_pairs(a, b, y, folds, subfolds=5)
+
+
+def test_stratified_subfolds_balance():
+    y = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    f = stratified_subfolds(y, 10, seed=0)
+    for k in range(10):
+        assert (f == k).sum() == 60 and y[f == k].sum() == 30
+
+
+def test_subset_of_folds_and_bad_inputs():
+    a, b, y, folds = _pairs()
+    keep = np.isin(folds, [2, 5, 7])
+    r = evaluate_pairs(a[keep], b[keep], y[keep], folds[keep])
+    assert list(r.folds) == [2, 5, 7]
+    with pytest.raises(DataError, match="pca_dim"):
+        evaluate_pairs(a, b, y, folds, pca_dim=1000)
+    with pytest.raises(DataError, match=r"\(P, D\)"):
+        evaluate_pairs(a, b[:, :3], y, folds)
+    bad = a.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        evaluate_pairs(bad, b, y, folds)
+    d = r.to_dict()
+    assert {"accuracy_mean", "accuracy_std", "auc", "eer", "tar_at_far"} <= set(d)
+    assert set(d["tar_at_far"]) == {"0.001", "0.01"}

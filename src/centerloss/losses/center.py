@@ -181,19 +181,23 @@ class CenterLoss(nn.Module):
         """Return Eq. 2 for ``features`` (B, d) and ``labels`` (B,); in paper mode and training mode, then
         apply Eq. 4 (the returned loss and its gradient use the pre-update centers)."""
         distributed = self.update == "paper" and self.training and dist.is_available() and dist.is_initialized()
+        local_error: Exception | None = None
         try:
             check_batch(features, labels, self.feat_dim, self.num_classes)
             ok = True
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as e:
             if not distributed:
                 raise
-            ok = False
+            ok, local_error = False, e
         if distributed:
             if ok:
                 feats, labs = _gather_global_batch(features.detach().float(), labels.long(), ok)
             else:  # still take part in the first collective, so every rank raises together
                 empty = torch.zeros(0, self.feat_dim, device=self.centers.device)
-                _gather_global_batch(empty, torch.zeros(0, dtype=torch.long, device=empty.device), ok)
+                try:
+                    _gather_global_batch(empty, torch.zeros(0, dtype=torch.long, device=empty.device), ok)
+                except ValueError as e:
+                    raise ValueError(f"{e}; this rank: {local_error}") from local_error
         labels = labels.long()
         loss = center_loss(features, labels, self.centers, self.reduction)
         if self.update == "paper" and self.training and self.alpha > 0:

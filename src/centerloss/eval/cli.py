@@ -1,0 +1,421 @@
+"""Commands ``centerloss eval {lfw,bin,ytf,megaface}``, ``centerloss verify`` and ``centerloss embed``.
+
+Handlers import numpy/torch lazily so ``centerloss --help`` stays fast. Bad input ends with a one-line
+``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import CenterLossError
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+EVAL_HELP = """\
+Evaluate face features with the paper's protocols (PAPER.md Sec. 4-5).
+
+  lfw       LFW pairs.txt, 10-fold: accuracy mean +- std, ROC AUC, EER, TAR@FAR, plots
+  bin       an InsightFace .bin verification set (lfw.bin, cfp_fp.bin, agedb_30.bin ...), 10-fold
+  ytf       YouTube-Faces-style video pairs (a video's feature = mean of its frames' features)
+  megaface  1:N identification with distractors: rank-1 and TAR@FAR=1e-6
+
+Each writes OUT/report.json, OUT/report.md and plots. Run `centerloss eval lfw --help` for details.
+"""
+
+LFW_HELP = """\
+LFW verification, the paper's protocol (PAPER.md Sec. 4). For each of the folds of PAIRS:
+  1. fit the mean feature (and, with --pca-dim, a PCA basis) on the OTHER folds' pairs only;
+  2. centre, project, L2-normalise and score every pair by cosine similarity;
+  3. pick the accuracy-maximising threshold on the other folds, apply it to the held-out fold.
+Reported: mean +- std of the fold accuracies, and ROC AUC, EER and TAR@FAR on the pooled held-out
+scores (each pair scored while its own fold was held out).
+
+Features come from a file or from a model:
+  centerloss eval lfw --features F.npz --pairs pairs.txt --out runs/eval
+      F.npz holds `paths` (relative, like Aaron_Peirsol/Aaron_Peirsol_0001.jpg) and `features` (N x D),
+      e.g. written by `centerloss embed`.
+  centerloss eval lfw --model model.safetensors --images ALIGNED/ --pairs pairs.txt --out runs/eval
+      embeds the aligned 112x96 crops the pairs need (image + horizontal flip, concatenated), caches
+      them, writes OUT/features.npz, then evaluates.
+
+Evaluating on a subset of folds (e.g. the fold whose people were kept out of training):
+  --folds 1          one fold has no training folds, so add --subfolds 10: its pairs are split into 10
+                     stratified sub-folds (not person-disjoint; the report says so).
+  --folds 2,5,7      any 2 or more folds run the normal protocol over those folds.
+
+report.json has accuracy_mean, accuracy_std, accuracy_sem, auc, eer, tar_at_far {"0.001": .., "0.01": ..},
+fold_accuracies, fold_thresholds and verify_threshold: the plain-cosine threshold (no mean subtraction,
+mean over folds) to store as meta["threshold"] in a checkpoint for `centerloss verify`.
+"""
+
+VERIFY_HELP = """\
+Are two face crops the same person? Embeds both (image + flip, concatenated), prints the cosine
+similarity and the decision `same` (score >= threshold) or `different`.
+
+The threshold is --threshold if given, else the checkpoint's metadata key "threshold" (plain cosine,
+e.g. `verify_threshold` from `centerloss eval lfw`'s report.json). Without either, the score is printed
+but no decision can be made and the exit code is 2.
+
+Exit code: 0 same, 1 different, 2 error.  Example:
+  centerloss verify a.jpg b.jpg --model model.safetensors --threshold 0.45
+"""
+
+EMBED_HELP = """\
+Embed every image under DIR (recursively: .jpg .jpeg .png .bmp .webp) and write FEATS.npz with
+`paths` (relative to DIR, '/'-separated), `features` (N x D float32) and `meta` (JSON: model hash,
+options). Images should be aligned crops of the model's input size (112x96); --fit center-crop or
+resize adapts other sizes. The result is cached (see --cache-dir), so re-running is instant.
+
+  centerloss embed ALIGNED_LFW/ --model model.safetensors --out lfw_feats.npz
+  centerloss eval lfw --features lfw_feats.npz --pairs pairs.txt --out runs/eval
+"""
+
+
+def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (CenterLossError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def _default_cache() -> str:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "centerloss" / "features")
+
+
+def _add_model_options(p: argparse.ArgumentParser, fit_default: str = "error") -> None:
+    g = p.add_argument_group("feature extraction (with --model)")
+    g.add_argument("--combine", choices=("concat", "sum", "none"), default="concat",
+                   help="how the image's and its flip's features combine: concat (paper, 2 x embed_dim), "
+                        "sum, or none (no flip) [concat]")
+    g.add_argument("--fit", choices=("error", "center-crop", "resize"), default=fit_default,
+                   help=f"crops whose size differs from the model input: error, center-crop or resize [{fit_default}]")
+    g.add_argument("--input-size", default=None, metavar="HxW",
+                   help="model input size, e.g. 112x96 [model.input_size, else 112x96]")
+    g.add_argument("--batch-size", type=int, default=64, help="crops per forward pass [64]")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto [auto]")
+    g.add_argument("--workers", type=int, default=2, help="image-decoding threads [2]")
+    g.add_argument("--cache-dir", default=_default_cache(),
+                   help="feature cache; the key hashes model file, image list and options [%(default)s]")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_verif_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder for report.json, report.md and plots")
+    p.add_argument("--pca-dim", type=int, default=None, metavar="N",
+                   help="PCA to N dims, fitted on the training folds (paper: PCA; SphereFace script: none)")
+    p.add_argument("--no-center", action="store_true",
+                   help="do not subtract the training folds' mean (plain cosine)")
+    p.add_argument("--far", type=float, action="append", default=None,
+                   help="report TAR at this FAR (repeatable) [1e-3 and 1e-2]")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate features: LFW, .bin sets, YTF, MegaFace-style 1:N",
+                        description=EVAL_HELP, formatter_class=_RAW)
+    ev.set_defaults(func=lambda a: (ev.print_help(), 2)[1])
+    esub = ev.add_subparsers(dest="eval_target", metavar="PROTOCOL")
+
+    p = esub.add_parser("lfw", help="LFW pairs.txt 10-fold verification", description=LFW_HELP,
+                        formatter_class=_RAW)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", help="features file (.npz with paths, features)")
+    src.add_argument("--model", help="model checkpoint (.safetensors from save_model); needs --images")
+    p.add_argument("--images", help="folder of aligned crops laid out as pairs.txt names them (with --model)")
+    p.add_argument("--pairs", required=True, help="LFW pairs.txt (header '10\\t300')")
+    p.add_argument("--folds", default=None, help="1-based folds to use, e.g. 1 or 2,5,7 [all]")
+    p.add_argument("--subfolds", type=int, default=None, metavar="K",
+                   help="with a single fold: split it into K stratified sub-folds for the threshold")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sub-fold split [0]")
+    _add_verif_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=_errors(_eval_lfw))
+
+    p = esub.add_parser("bin", help="InsightFace .bin verification set, 10-fold",
+                        description="Evaluate a model on an InsightFace .bin set (pickle of JPEG bytes + issame list),"
+                                    " read without unpickling any object. Pairs are split into 10 consecutive folds as "
+                                    "InsightFace does; the 112x112 crops are center-cropped to the model's 112x96.",
+                        formatter_class=_RAW)
+    p.add_argument("bin", help="the .bin file")
+    p.add_argument("--model", required=True, help="model checkpoint (.safetensors)")
+    p.add_argument("--n-folds", type=int, default=10, help="folds [10]")
+    _add_verif_options(p)
+    _add_model_options(p, fit_default="center-crop")
+    p.set_defaults(func=_errors(_eval_bin))
+
+    p = esub.add_parser("ytf", help="YouTube-Faces-style video pairs", formatter_class=_RAW,
+                        description="Video verification: each video's feature is the mean of its frames' features "
+                                    "(frames are the rows of FEATS whose parent folder is the video id, e.g. "
+                                    "Name/3/frame.jpg -> Name/3). Then the 10-fold protocol of `eval lfw` runs "
+                                    "over the splits' folds.")
+    p.add_argument("--features", required=True, help="frame features (.npz with paths, features)")
+    p.add_argument("--splits", required=True, help="splits.txt: 'split, pair, video1, video2, is_same' per line")
+    p.add_argument("--normalize-frames", action="store_true", help="L2-normalise frames before averaging")
+    _add_verif_options(p)
+    p.set_defaults(func=_errors(_eval_ytf))
+
+    p = esub.add_parser("megaface", help="1:N identification with distractors (rank-1, TAR@FAR=1e-6)",
+                        formatter_class=_RAW, description=_MEGAFACE_HELP)
+    p.add_argument("--probes", required=True, help="probe features .npz; identity = first path component")
+    p.add_argument("--gallery", default=None, help="gallery features .npz [the probes themselves, MegaFace-style]")
+    p.add_argument("--distractors", required=True,
+                   help="distractor features: .npy (N x D, memory-mapped) or .npz with `features`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--far", type=float, action="append", default=None, help="FAR for TAR (repeatable) [1e-6]")
+    p.add_argument("--backend", choices=("auto", "faiss", "torch"), default="auto", help="search backend [auto]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_errors(_eval_megaface))
+
+    p = sub.add_parser("verify", help="same person? score two face crops with a model", description=VERIFY_HELP,
+                       formatter_class=_RAW)
+    p.add_argument("image1")
+    p.add_argument("image2")
+    p.add_argument("--model", required=True, help="model checkpoint (.safetensors from save_model)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine threshold [checkpoint metadata 'threshold'; required if absent]")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    _add_model_options(p)
+    p.set_defaults(func=_errors(_verify))
+
+    p = sub.add_parser("embed", help="embed a folder of face crops into FEATS.npz", description=EMBED_HELP,
+                       formatter_class=_RAW)
+    p.add_argument("dir", help="folder of aligned crops")
+    p.add_argument("--model", required=True, help="model checkpoint (.safetensors from save_model)")
+    p.add_argument("--out", required=True, help="features file to write (.npz)")
+    _add_model_options(p)
+    p.set_defaults(func=_errors(_embed))
+
+
+_MEGAFACE_HELP = """\
+MegaFace-style 1:N identification (PAPER.md Sec. 5-6). Genuine trials are (probe, gallery) pairs of the
+same identity -- without --gallery, the probe set is its own gallery and a probe never matches itself.
+  rank-1           the mate scores strictly above every distractor (each mate enrolled alone among them)
+  closed-set rank-1  the nearest neighbour in gallery + distractors has the probe's identity
+  TAR@FAR          genuine trials vs all (probe, distractor) impostor pairs
+Exact cosine search: faiss when installed (`pip install centerloss[faiss]`), else chunked torch.
+1M x 512 float32 distractors take 2 GB; pass them as .npy to memory-map them.
+"""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CenterLossError(f"--input-size must look like 112x96, got {text!r}") from None
+    return h, w
+
+
+def _load_model(path: str, device: str) -> tuple[Any, dict[str, Any]]:
+    from ..models.io import load_model
+    from .features import _resolve_device
+
+    model, meta = load_model(path)
+    return model.to(_resolve_device(device)), meta
+
+
+def _extract_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"batch_size": args.batch_size, "combine": args.combine, "input_size": _size(args.input_size),
+            "fit": args.fit, "device": args.device, "num_workers": args.workers, "progress": not args.quiet}
+
+
+def _fars(args: argparse.Namespace, default: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(args.far) if args.far else default
+
+
+def _run_verification(fa, fb, issame, fold_ids, args: argparse.Namespace, title: str, inputs: dict[str, Any],
+                      subfolds: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Evaluate (plus the plain-cosine threshold for `verify`), write the report, print a summary."""
+    from .report import write_verification_report
+    from .verification import evaluate_pairs
+
+    t0 = time.perf_counter()
+    fars = _fars(args, (1e-3, 1e-2))
+    res = evaluate_pairs(fa, fb, issame, fold_ids, pca_dim=args.pca_dim, center=not args.no_center,
+                         subfolds=subfolds, seed=seed, fars=fars)
+    plain = res if (args.no_center and args.pca_dim is None) else evaluate_pairs(
+        fa, fb, issame, fold_ids, center=False, subfolds=subfolds, seed=seed, fars=fars)
+    extra = {"verify_threshold": {
+        "value": float(plain.fold_thresholds.mean()),
+        "accuracy_mean": plain.accuracy_mean,
+        "note": "mean of the fold thresholds for plain cosine of the (flip-combined) features, without mean "
+                "subtraction or PCA; store it as meta['threshold'] for `centerloss verify`",
+    }, "seconds": {"evaluate": time.perf_counter() - t0}}
+    rep = write_verification_report(res, args.out, title, inputs, extra, plots=not args.no_plots)
+    tars = ", ".join(f"TAR@{k} {100 * v:.2f}%" for k, v in rep["tar_at_far"].items())
+    print(f"{title}: accuracy {100 * res.accuracy_mean:.2f} +- {100 * res.accuracy_std:.2f}% over "
+          f"{res.folds.size} folds, AUC {res.auc:.4f}, EER {100 * res.eer:.2f}%, {tars}")
+    print(f"wrote {Path(args.out) / 'report.json'} and report.md")
+    return rep
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _eval_lfw(args: argparse.Namespace) -> int:
+    from .features import extract_features, load_features, save_features
+    from .protocols import read_lfw_pairs
+
+    pairs = read_lfw_pairs(args.pairs)
+    if args.folds:
+        try:
+            wanted = sorted({int(v) - 1 for v in args.folds.split(",") if v.strip()})
+        except ValueError:
+            raise CenterLossError(f"--folds takes 1-based fold numbers like 1 or 2,5,7; got {args.folds!r}") from None
+        bad = [f + 1 for f in wanted if f not in set(pairs.fold_ids.tolist())]
+        if bad:
+            raise CenterLossError(f"{args.pairs} has folds 1..{int(pairs.fold_ids.max()) + 1}; no fold {bad}")
+        pairs = pairs.folds(*wanted)
+    inputs: dict[str, Any] = {"pairs": str(args.pairs), "folds": args.folds or "all"}
+    if args.features:
+        table = load_features(args.features)
+        paths, feats = table.paths, table.features
+        inputs["features"] = str(args.features)
+    else:
+        if not args.images:
+            raise CenterLossError("--model needs --images DIR (the aligned crops)")
+        pairs.check_images(args.images)
+        model, _ = _load_model(args.model, args.device)
+        paths = pairs.items()
+        feats = extract_features(model, paths, args.images, model_path=args.model,
+                                 cache_dir=None if args.no_cache else args.cache_dir, **_extract_kwargs(args))
+        save_features(Path(args.out) / "features.npz", paths, feats,
+                      {"model": str(args.model), "combine": args.combine})
+        inputs.update(model=str(args.model), images=str(args.images), combine=args.combine)
+    fa, fb = pairs.gather(paths, feats)
+    inputs["feature_dim"] = int(feats.shape[1])
+    _run_verification(fa, fb, pairs.issame, pairs.fold_ids, args, "LFW verification", inputs,
+                      subfolds=args.subfolds, seed=args.seed)
+    return 0
+
+
+def _eval_bin(args: argparse.Namespace) -> int:
+    from .features import extract_bin_features
+    from .protocols import read_bin
+
+    s = read_bin(args.bin)
+    model, _ = _load_model(args.model, args.device)
+    feats = extract_bin_features(model, s.images, **_extract_kwargs(args))  # (2P, E)
+    _run_verification(feats[0::2], feats[1::2], s.issame, s.fold_ids(args.n_folds), args,
+                      f"{Path(args.bin).stem} verification",
+                      {"bin": str(args.bin), "model": str(args.model), "combine": args.combine, "fit": args.fit})
+    return 0
+
+
+def _eval_ytf(args: argparse.Namespace) -> int:
+    from .features import load_features
+    from .protocols import read_video_pairs, video_features
+
+    pairs = read_video_pairs(args.splits)
+    table = load_features(args.features)
+    ids, vf = video_features(table.paths, table.features, pairs.items(), normalize_frames=args.normalize_frames)
+    fa, fb = pairs.gather(ids, vf)
+    _run_verification(fa, fb, pairs.issame, pairs.fold_ids, args, "Video verification (YTF-style)",
+                      {"features": str(args.features), "splits": str(args.splits), "videos": len(ids)})
+    return 0
+
+
+def _load_distractors(path: str):
+    import numpy as np
+
+    from .features import load_features
+
+    p = Path(path)
+    if p.suffix == ".npy":
+        if not p.is_file():
+            raise CenterLossError(f"distractor file not found: {p}")
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 2:
+            raise CenterLossError(f"{p}: expected an (N, D) array, got {arr.shape}")
+        return arr
+    return load_features(p).features
+
+
+def _eval_megaface(args: argparse.Namespace) -> int:
+    from .features import load_features
+    from .identification import evaluate_identification
+    from .report import write_identification_report
+
+    probes = load_features(args.probes)
+    gallery = load_features(args.gallery) if args.gallery else probes
+    pl = [p.split("/")[0] for p in probes.paths]
+    gl = [p.split("/")[0] for p in gallery.paths]
+    pc, gc = _codes(pl, gl)
+    res = evaluate_identification(probes.features, pc, gallery.features, gc,
+                                  _load_distractors(args.distractors), fars=_fars(args, (1e-6,)),
+                                  same_set=args.gallery is None, backend=args.backend, progress=not args.quiet)
+    write_identification_report(res, args.out, "1:N identification",
+                                {"probes": args.probes, "gallery": args.gallery or "(probes)",
+                                 "distractors": args.distractors})
+    print(f"rank-1 {100 * res.rank1:.2f}%, closed-set rank-1 {100 * res.closed_set_rank1:.2f}%, "
+          + ", ".join(f"TAR@{f:g} {100 * v:.2f}%" for f, v in res.tar_at_far.items())
+          + f"; wrote {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _codes(a: list[str], b: list[str]):
+    import numpy as np
+
+    names = {n: i for i, n in enumerate(sorted(set(a) | set(b)))}
+    return np.array([names[n] for n in a]), np.array([names[n] for n in b])
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .features import embed_images, fit_image, load_image
+
+    model, meta = _load_model(args.model, args.device)
+    size = _size(args.input_size) or tuple(getattr(model, "input_size", None) or (112, 96))
+    imgs = np.stack([fit_image(load_image(p), size, args.fit, name=p) for p in (args.image1, args.image2)])
+    f = embed_images(model, imgs, args.combine).astype(np.float64)  # (2, E)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    score = float(f[0] @ f[1])
+    thr, source = args.threshold, "--threshold"
+    if thr is None and isinstance(meta.get("threshold"), int | float):
+        thr, source = float(meta["threshold"]), "checkpoint metadata"
+    decision = None if thr is None else ("same" if score >= thr else "different")
+    if args.json:
+        print(json.dumps({"score": score, "threshold": thr, "threshold_source": source if thr is not None else None,
+                          "decision": decision}))
+    elif thr is None:
+        print(f"score {score:.4f}")
+    else:
+        print(f"score {score:.4f}  threshold {thr:.4f} ({source})  ->  {decision}")
+    if thr is None:
+        print("error: no threshold: pass --threshold T (e.g. verify_threshold from `centerloss eval lfw`'s "
+              "report.json) or store meta['threshold'] in the checkpoint", file=sys.stderr)
+        return 2
+    return 0 if decision == "same" else 1
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .features import extract_features, list_images, model_fingerprint, save_features
+
+    paths = list_images(args.dir)
+    model, _ = _load_model(args.model, args.device)
+    feats = extract_features(model, paths, args.dir, model_path=args.model,
+                             cache_dir=None if args.no_cache else args.cache_dir, **_extract_kwargs(args))
+    save_features(args.out, paths, feats, {"model": str(args.model), "model_sha256": model_fingerprint(path=args.model),
+                                           "combine": args.combine, "fit": args.fit, "root": str(args.dir)})
+    print(f"wrote {args.out}: {len(paths)} images x {feats.shape[1]} dims")
+    return 0

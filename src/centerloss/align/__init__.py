@@ -1,0 +1,45 @@
+"""Face detection (MTCNN, plain PyTorch) and 5-point similarity alignment to the paper's 112x96 crops.
+
+Public API::
+
+    from centerloss.align import detect_faces, align, align_file, align_tree
+
+    faces = detect_faces(rgb)               # .boxes (N, 4), .scores (N,), .points (N, 5, 2), by score
+    crop = align(rgb, faces.points[0])      # (112, 96, 3) uint8 on the paper's template
+    res = align_file("img.jpg", mode="test")  # decode + detect + choose + align (+ fallback); res.crop
+    align_tree("raw/", "aligned/", mode="train")  # the `centerloss align` command
+
+Points are (x, y) in source pixels (pixel-centre coordinates), ordered left eye, right eye, nose, left
+mouth corner, right mouth corner, where left = smaller x in the image. The face-choice and fallback rules
+are in :mod:`centerloss.align.policy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Lazy attributes (PEP 562): `centerloss align --help` imports this package, and must not pay for torch/cv2.
+_WHERE = {
+    "MTCNN": "mtcnn", "Faces": "mtcnn",
+    "AlignResult": "pipeline", "align_file": "pipeline", "align_rgb": "pipeline", "detect_faces": "pipeline",
+    "get_detector": "pipeline",
+    "choose_face": "policy", "default_points": "policy", "read_landmarks_csv": "policy",
+    "MANIFEST_COLUMNS": "runner", "align_tree": "runner",
+    "TEMPLATE_112x96": "transform", "align": "transform", "similarity_transform": "transform",
+    "template": "transform", "warp": "transform",
+    "contact_sheet": "contact_sheet",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

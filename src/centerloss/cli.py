@@ -13,6 +13,7 @@ import sys
 #: Modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "centerloss.experiments.mnist",
+    "centerloss.engine.cli",
     "centerloss.align.cli",
     "centerloss.eval.cli",
 )

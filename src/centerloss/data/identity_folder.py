@@ -75,12 +75,14 @@ def _load_cache(cache: Path, root: str, dirs: list[os.DirEntry], exts: tuple[str
 
 def index_identity_folder(root: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS,
                           min_images: int = 1, identities: Iterable[str] | None = None,
-                          on_empty: str = "error", cache: str | os.PathLike[str] | None = None) -> FolderIndex:
+                          on_empty: str = "error", cache: str | os.PathLike[str] | None = None,
+                          exclude: Iterable[str] | None = None) -> FolderIndex:
     """Index ``root/<identity>/<image>`` (one level; deeper folders and files at the top are ignored).
 
     Args:
         min_images: drop identities with fewer images (softmax needs >= 2 per class to generalise at all).
         identities: keep only these identity names (e.g. the ones disjoint from a test protocol).
+        exclude: never use these identity names (e.g. everyone in a test protocol's pairs).
         on_empty: ``"error"`` raises :class:`DataError` for an identity folder without images (a sign of a
             broken copy or a wrong extension list); ``"skip"`` drops it.
         cache: optional JSON file for the listing; reused when every identity folder's mtime is unchanged.
@@ -100,6 +102,9 @@ def index_identity_folder(root: str | os.PathLike[str], extensions: Sequence[str
         if missing:
             raise DataError(f"{root_s}: {len(missing)} requested identities have no folder, e.g. {missing[:5]}")
         dirs = [d for d in dirs if d.name in wanted]
+    if exclude is not None:
+        banned = set(exclude)
+        dirs = [d for d in dirs if d.name not in banned]
     listing = _load_cache(Path(cache), root_s, dirs, exts) if cache is not None and Path(cache).is_file() else None
     if listing is None:
         listing = {d.name: _scan_class(d.path, exts) for d in dirs}
@@ -123,6 +128,31 @@ def index_identity_folder(root: str | os.PathLike[str], extensions: Sequence[str
         files.extend(f"{name}/{f}" for f in names)
         labels.extend([label] * len(names))
     return FolderIndex(root_s, classes, files, np.asarray(labels, dtype=np.int64))
+
+
+def index_from_file_list(root: str | os.PathLike[str], files: Iterable[str], min_images: int = 1) -> FolderIndex:
+    """Index an explicit list of ``identity/image`` paths relative to ``root`` (a split file, or the images an
+    aligner kept). Nothing is read from disk here; a missing file fails when it is loaded, naming the file."""
+    root_s = os.path.abspath(os.fspath(root))
+    by_class: dict[str, list[str]] = {}
+    for n, f in enumerate(files, 1):
+        f = f.strip().replace(os.sep, "/")
+        if not f:
+            continue
+        parts = f.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise DataError(f"file list entry {n} ({f!r}) must look like '<identity>/<image>'")
+        by_class.setdefault(parts[0], []).append(f)
+    classes = sorted(c for c, v in by_class.items() if len(v) >= max(min_images, 1))
+    if not classes:
+        raise DataError(f"the file list for {root_s} has no identity with >= {max(min_images, 1)} images")
+    out_files: list[str] = []
+    labels: list[int] = []
+    for label, c in enumerate(classes):
+        names = sorted(set(by_class[c]))
+        out_files.extend(names)
+        labels.extend([label] * len(names))
+    return FolderIndex(root_s, classes, out_files, np.asarray(labels, dtype=np.int64))
 
 
 def read_rgb(path: str, expected_hw: Sequence[int] | None = None) -> np.ndarray:

@@ -184,6 +184,16 @@ def _worker_init(_: int) -> None:
         pass
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP kwargs that stop the per-forward buffer broadcast (the centers sync themselves). Newer PyTorch
+    renamed ``broadcast_buffers`` to ``forward_sync_buffers``; both still sync once at construction, which is
+    harmless (every rank builds identical centers)."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
@@ -313,7 +323,7 @@ class Trainer:
         if info.enabled:
             self.train_step = nn.parallel.DistributedDataParallel(
                 self.train_step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                **_no_buffer_sync())
 
         # run folder and logs (rank 0 writes)
         if info.is_main:

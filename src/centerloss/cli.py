@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "centerloss.experiments.mnist",
     "centerloss.engine.cli",
+    "centerloss.experiments.lfw",
     "centerloss.align.cli",
     "centerloss.eval.cli",
 )

@@ -332,3 +332,29 @@ def test_registered_in_main_cli():
     assert args.func is not None
     args = parser.parse_args(["verify", "a.jpg", "b.jpg", "--model", "m.safetensors"])
     assert args.threshold is None
+
+
+def _data_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.mark.skipif(not (_data_dir() / "lfw" / "pairs.txt").is_file(), reason="shared LFW data not available")
+def test_real_lfw_images_end_to_end(tmp_path, checkpoint):
+    """The official file's first 8 matched + 8 mismatched pairs of folds 1 and 2, real 250x250 JPEGs
+    (center-cropped to 112x96 -- not aligned, so only the plumbing is tested, not the accuracy)."""
+    ckpt, m = checkpoint
+    lfw = _data_dir() / "lfw"
+    lines = (lfw / "pairs.txt").read_text().splitlines()[1:]
+    keep = [ln for f in range(2) for ln in lines[f * 600:f * 600 + 8] + lines[f * 600 + 300:f * 600 + 308]]
+    small = tmp_path / "pairs2.txt"
+    small.write_text("2\t8\n" + "\n".join(keep) + "\n")
+    out = tmp_path / "real"
+    assert _run(["eval", "lfw", "--model", str(ckpt), "--images", str(lfw / "images"), "--pairs", str(small),
+                 "--out", str(out), "--fit", "center-crop", "--no-cache", "--quiet", "--workers", "0"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_pairs"] == 32 and rep["n_genuine"] == 16 and 0.0 <= rep["accuracy_mean"] <= 1.0
+    t = load_features(out / "features.npz")
+    assert t.paths[0].count("/") == 1 and t.paths[0].endswith("_0001.jpg") and t.features.shape[1] == 16
+    assert (out / "roc.png").stat().st_size > 1000

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instead of aligning: write a grid of random crops from folder SRC to PNG")
     p.add_argument("--grid", default="8x12", help="contact sheet ROWSxCOLS (default: 8x12)")
     p.add_argument("--seed", type=int, default=0, help="contact sheet sampling seed (default: 0)")
+    p.add_argument("--colors", type=int, default=None,
+                   help="contact sheet as a palette PNG with this many colours (smaller file; default: full)")
     p.set_defaults(func=_run)
 
 
@@ -61,7 +63,8 @@ def _run(args: argparse.Namespace) -> int:
             from .contact_sheet import contact_sheet
 
             rows, cols = (int(v) for v in args.grid.lower().split("x"))
-            out = contact_sheet(args.src, args.contact_sheet, rows=rows, cols=cols, seed=args.seed)
+            out = contact_sheet(args.src, args.contact_sheet, rows=rows, cols=cols, seed=args.seed,
+                                colors=args.colors)
             print(f"contact sheet -> {out}")
             return 0
         if args.dst is None:

@@ -60,7 +60,7 @@ def read_rgb(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
                 im = ImageOps.exif_transpose(im)
                 rgb, note = _to_rgb(im)
     except UnidentifiedImageError as e:
-        raise DataError(f"{p}: not an image (no known image format)") from e
+        raise DataError(f"{p}: not an image, or its header is damaged (no image format recognised)") from e
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise DataError(f"{p}: image too large to decode safely ({e})") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -144,6 +144,7 @@ def test_resume_skips_finished_work_and_keeps_manifest_complete(tmp_path):
     mtime = crop.stat().st_mtime_ns
     s2 = align_tree(src, dst, workers=1, progress=False)
     assert s2["processed_this_run"] == 0 and s2["reused_from_previous_run"] == 4
+    assert [r["processed_this_run"] for r in s2["runs"]] == [4, 0]  # every invocation's timing is kept
     assert (dst / "manifest.csv").read_text() == first and crop.stat().st_mtime_ns == mtime
     # a missing crop, a changed source and an interrupted log line are redone; nothing else
     (dst / Path(FACES[1]).with_suffix(".jpg")).unlink()

@@ -6,7 +6,7 @@ Layout of ``DST`` after :func:`align_tree`:
   sources would collide, e.g. ``b.png`` and ``b.jpg``, both keep their suffix: ``b.png.jpg``, ``b.jpg.jpg``);
 - ``manifest.csv``: one row per file of ``SRC``, sorted by path, columns :data:`MANIFEST_COLUMNS`;
 - ``summary.json`` and ``report.md``: counts, detection rate, fallbacks, speed, machine load;
-- ``.align/``: the resume state (options and one JSON line per finished file).
+- ``.align/``: the resume state (options, one JSON line per finished file, one per invocation's timing).
 
 Every regular file under ``SRC`` whose name does not start with ``.`` is an input; files that do not decode
 are reported (``reason`` starts with ``unreadable:``) and the run goes on.
@@ -45,6 +45,7 @@ MANIFEST_COLUMNS = ("path", "detected", "score", "x1", "y1", "x2", "y2", "x3", "
 STATE_DIR = ".align"
 _RESULTS = "results.jsonl"
 _OPTIONS = "options.json"
+_RUNS = "runs.jsonl"
 _CHUNK = 32  # files per worker task: small enough for a smooth progress bar, large enough to amortise IPC
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -270,6 +271,13 @@ def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: s
     _write_manifest(dst_p / "manifest.csv", final)
     summary = _summarise(final, src_p, dst_p, mode, hw, ext, min_face_size, lm_path, workers, reused,
                          len(todo), t_done - t_proc, time.perf_counter() - t0, load_start, unused_side)
+    # Keep every invocation's speed (a resumed run's own figures say little about the whole job).
+    this_run = {k: summary[k] for k in ("finished_at", "processed_this_run", "reused_from_previous_run",
+                                        "seconds_total", "images_per_second", "workers", "load_average_start",
+                                        "load_average_end")}
+    with open(state / _RUNS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(this_run) + "\n")
+    summary["runs"] = [json.loads(line) for line in (state / _RUNS).read_text().splitlines() if line.strip()]
     (dst_p / "summary.json").write_text(json.dumps(summary, indent=1))
     (dst_p / "report.md").write_text(_report(summary, final))
     return summary
@@ -336,6 +344,13 @@ def _report(s: dict[str, Any], final: list[dict[str, Any]]) -> str:
         f"Load average (1, 5, 15 min) at start {s['load_average_start']}, at end {s['load_average_end']}.",
         "",
     ]
+    if len(s.get("runs", [])) > 1:
+        lines += ["## All runs into this folder", "", "| finished | processed | reused | seconds | images/s | "
+                  "workers | load avg at start |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['finished_at']} | {r['processed_this_run']} | {r['reused_from_previous_run']} | "
+                  f"{r['seconds_total']} | {r['images_per_second'] or '-'} | {r['workers']} | "
+                  f"{r['load_average_start']} |" for r in s["runs"]]
+        lines.append("")
     notable = [r for r in final if r["reason"] and not r["reason"].endswith("chose largest near centre")]
     if notable:
         lines += ["## Files with a fallback, skip or problem", "", "| path | reason |", "|---|---|"]

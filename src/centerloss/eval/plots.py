@@ -30,7 +30,7 @@ def plot_roc(results: VerificationResult | Sequence[VerificationResult], path: s
     """TAR against FAR (log x) for one or more results; marks each result's TAR@FAR points and EER."""
     rs = [results] if isinstance(results, VerificationResult) else list(results)
     labels = list(labels) if labels is not None else [f"run {i + 1}" for i in range(len(rs))]
-    fig = _figure((5.5, 4.5))
+    fig = _figure((5.5, 4.8 + 0.15 * len(rs)))
     ax = fig.add_subplot(1, 1, 1)
     floor = min(r.tar_resolution for r in rs) / 2
     for r, lab in zip(rs, labels, strict=True):
@@ -49,7 +49,7 @@ def plot_roc(results: VerificationResult | Sequence[VerificationResult], path: s
     ax.set_ylabel("true accept rate (TAR)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -60,7 +60,8 @@ def plot_score_histograms(result: VerificationResult, path: str | os.PathLike[st
     fig = _figure((5.5, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     s, y = result.scores, result.issame
-    bins = np.linspace(min(-1.0, s.min()), max(1.0, s.max()), 81)
+    pad = 0.05 * max(float(s.max() - s.min()), 1e-6)
+    bins = np.linspace(s.min() - pad, s.max() + pad, 81)
     ax.hist(s[y], bins=bins, alpha=0.6, label=f"matched ({int(y.sum())})", color="tab:green")
     ax.hist(s[~y], bins=bins, alpha=0.6, label=f"mismatched ({int((~y).sum())})", color="tab:red")
     thr = float(np.mean(result.fold_thresholds))

@@ -268,7 +268,7 @@ def evaluate_pairs(
     if n_unique <= 1:
         if subfolds is None:
             raise DataError("all pairs are in one fold, so there are no training folds to fit the mean, PCA and "
-                            "threshold on; pass subfolds=k (e.g. 10) to split this fold into k stratified "
+                            "threshold on; pass subfolds=k (CLI: --subfolds K), e.g. 10, to split this fold into k stratified "
                             "sub-folds (see centerloss.eval.verification)")
         fold_ids = stratified_subfolds(y, subfolds, seed)
         protocol = f"single fold split into {subfolds} stratified sub-folds (seed {seed}; not person-disjoint)"

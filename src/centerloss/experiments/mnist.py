@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,7 +43,9 @@ class MnistConfig:
     train_subset: int = 0  # use only the first N training images (0 = all 60k)
     test_subset: int = 0  # evaluate on the first N test images (0 = all 10k)
     plot_points: int = 10000  # points drawn per panel
+    train_eval_images: int = 10000  # training images whose features are extracted (train accuracy, Fig. 2a)
     device: str = "auto"  # "auto" = cuda if available, else cpu
+    workers: int = 1  # run this many lambdas at once in separate processes
     data_dir: str | None = None  # None: see centerloss.data.mnist.candidate_dirs()
 
 
@@ -98,7 +100,7 @@ def train_one(cfg: MnistConfig, lam: float, train, device: torch.device, desc: s
     model.train()
     objective.train()
     last = (float("nan"), float("nan"))
-    bar = tqdm(range(cfg.iterations), desc=desc, unit="it", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(range(cfg.iterations), desc=desc, unit="it", dynamic_ncols=True)
     for it in bar:
         if pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=gen), 0
@@ -107,15 +109,14 @@ def train_one(cfg: MnistConfig, lam: float, train, device: torch.device, desc: s
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, it)
         x, y = normalize(images[idx]), labels[idx]
-        out = objective(model(x), y)
-        if not torch.isfinite(out.loss):
-            raise NonFiniteLossError(f"lambda={lam}: loss became {out.loss.item()} at iteration {it}; "
-                                     "lower lr or lambda")
+        out = objective(model(x), y)  # CenterLoss refuses NaN/Inf features before moving its centers
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-        if it % 50 == 0 or it == cfg.iterations - 1:
+        if it % 50 == 0 or it == cfg.iterations - 1:  # host sync only every 50 steps
             last = (out.softmax.item(), out.aux.item())
+            if not all(math.isfinite(v) for v in last):
+                raise NonFiniteLossError(f"lambda={lam}: loss became {last} at iteration {it}; lower lr or lambda")
             bar.set_postfix(L_s=f"{last[0]:.3f}", L_c=f"{last[1]:.3f}", lr=f"{_lr_at(cfg, it):.4g}")
     return model, objective, last
 
@@ -127,53 +128,79 @@ def _accuracy(objective, feats: Tensor, labels: Tensor) -> float:
     return float((pred == labels).float().mean())
 
 
-def run_experiment(cfg: MnistConfig, out_dir: Path, preset: str = "custom") -> dict:
-    from ..data.mnist import load_mnist
-    from ..models.io import save_model
-    from ..viz.features2d import plot_compactness, plot_lambda_panels, plot_softmax_features
-    from ..eval.compactness import class_compactness
+def _resolve_device(cfg: MnistConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfgmod.save(cfg, out_dir / "config.yaml")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+
+def _load_data(cfg: MnistConfig):
+    from ..data.mnist import load_mnist
+
     train, test = load_mnist(cfg.data_dir)
     if cfg.train_subset:
         train.images, train.labels = train.images[: cfg.train_subset], train.labels[: cfg.train_subset]
     if cfg.test_subset:
         test.images, test.labels = test.images[: cfg.test_subset], test.labels[: cfg.test_subset]
+    return train, test
 
-    results: list[RunResult] = []
+
+def run_lambda(cfg: MnistConfig, lam: float, out_dir: Path) -> dict:
+    """Train and measure one lambda; saves ``lambda_<x>/model.safetensors``. Safe to call in a subprocess."""
+    from ..eval.compactness import class_compactness
+    from ..models.io import save_model
+
+    device = _resolve_device(cfg)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    train, test = _load_data(cfg)
+    name = "softmax" if lam == 0 else f"lambda={lam:g}"
+    t0 = time.perf_counter()
+    model, objective, last = train_one(cfg, lam, train, device, desc=name)
+    secs = time.perf_counter() - t0
+    f_test = extract(model, test.images)
+    f_train = extract(model, train.images[: cfg.train_eval_images])
+    comp = class_compactness(f_test.numpy(), test.labels.numpy())
+    res = RunResult(lam=lam, test_accuracy=_accuracy(objective, f_test, test.labels),
+                    train_accuracy=_accuracy(objective, f_train, train.labels[: cfg.train_eval_images]), seconds=round(secs, 2),
+                    final_softmax_loss=last[0], final_center_loss=last[1], **comp)
+    run_dir = out_dir / f"lambda_{lam:g}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_model(run_dir / "model.safetensors", model, "lenetpp", {"embed_dim": cfg.embed_dim},
+               extra={"lambda": lam, "test_accuracy": res.test_accuracy})
+    print(f"[{name}] test acc {res.test_accuracy * 100:.2f}%  compactness {res.compactness:.4f}  "
+          f"({secs:.0f} s)", flush=True)
+    return {"result": res, "f_test": f_test.numpy(), "f_train": f_train.numpy(),
+            "centers": objective.aux.centers.detach().float().cpu().numpy()}
+
+
+def run_experiment(cfg: MnistConfig, out_dir: Path, preset: str = "custom") -> dict:
+    from ..viz.features2d import plot_compactness, plot_lambda_panels, plot_softmax_features
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfgmod.save(cfg, out_dir / "config.yaml")
+    device = _resolve_device(cfg)
+    if cfg.workers > 1:  # independent lambdas in parallel processes (useful on a GPU with room to spare)
+        import torch.multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(cfg.workers, len(cfg.lambdas))) as pool:
+            runs = pool.starmap(run_lambda, [(cfg, lam, out_dir) for lam in cfg.lambdas])
+    else:
+        runs = [run_lambda(cfg, lam, out_dir) for lam in cfg.lambdas]
+    train, test = _load_data(cfg)
+    results: list[RunResult] = [r["result"] for r in runs]
     panels = []
     fig2 = None
-    for lam in cfg.lambdas:
+    for r in runs:
+        res, lam = r["result"], r["result"].lam
         name = "softmax" if lam == 0 else f"lambda={lam:g}"
-        t0 = time.perf_counter()
-        model, objective, last = train_one(cfg, lam, train, device, desc=name)
-        secs = time.perf_counter() - t0
-        f_test = extract(model, test.images)
-        f_train = extract(model, train.images)
-        comp = class_compactness(f_test.numpy(), test.labels.numpy())
-        res = RunResult(lam=lam, test_accuracy=_accuracy(objective, f_test, test.labels),
-                        train_accuracy=_accuracy(objective, f_train, train.labels), seconds=round(secs, 2),
-                        final_softmax_loss=last[0], final_center_loss=last[1], **comp)
-        results.append(res)
-        run_dir = out_dir / f"lambda_{lam:g}"
-        run_dir.mkdir(exist_ok=True)
-        save_model(run_dir / "model.safetensors", model, "lenetpp", {"embed_dim": cfg.embed_dim},
-                   extra={"lambda": lam, "test_accuracy": res.test_accuracy})
-        print(f"[{name}] test acc {res.test_accuracy * 100:.2f}%  compactness {res.compactness:.4f}  "
-              f"({secs:.0f} s)", flush=True)
-        centers = objective.aux.centers.detach().float().cpu().numpy()
         if lam == 0:
-            fig2 = ((f_train.numpy(), train.labels.numpy()), (f_test.numpy(), test.labels.numpy()))
-        panels.append({"feats": f_test.numpy(), "labels": test.labels.numpy(),
-                       "centers": centers if lam > 0 else None,
+            fig2 = ((r["f_train"], train.labels[: cfg.train_eval_images].numpy()), (r["f_test"], test.labels.numpy()))
+        panels.append({"feats": r["f_test"], "labels": test.labels.numpy(),
+                       "centers": r["centers"] if lam > 0 else None,
                        "title": f"{name}: acc {res.test_accuracy * 100:.2f}%, compact. {res.compactness:.3f}"})
 
     figures = {}
@@ -327,3 +354,15 @@ def _main(args: argparse.Namespace) -> int:
     for r in report["runs"]:
         print(f"  lambda={r['lam']:<8g} test acc {r['test_accuracy'] * 100:6.2f}%  compactness {r['compactness']:.4f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m centerloss.experiments.mnist ...``: the same as ``centerloss mnist ...``."""
+    parser = argparse.ArgumentParser(prog="centerloss")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["mnist", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,9 +25,16 @@ def check_batch(features: Tensor, labels: Tensor, feat_dim: int | None = None, n
         raise ValueError(f"batch size mismatch: {features.shape[0]} features but {labels.shape[0]} labels")
     if features.shape[0] == 0:
         raise ValueError("empty batch: features and labels have zero rows")
+    # One host sync for all value checks (each .item() stalls a GPU pipeline); details only on failure.
+    bad = torch.zeros((), dtype=torch.bool, device=labels.device)
+    if num_classes is not None:
+        bad = bad | (labels.min() < 0) | (labels.max() >= num_classes)
+    if check_finite:
+        bad = bad | ~torch.isfinite(features).all().to(labels.device)
+    if not bool(bad):
+        return
     if num_classes is not None:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
-    if check_finite and not bool(torch.isfinite(features).all()):
-        raise ValueError("features contain NaN or Inf; refusing to compute the loss or move the centers")
+    raise ValueError("features contain NaN or Inf; refusing to compute the loss or move the centers")

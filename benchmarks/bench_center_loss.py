@@ -1,0 +1,168 @@
+"""Time and memory of one center-loss training step (forward + backward + center update) against C.
+
+Compares ``centerloss.CenterLoss`` (paper mode: gathered centers, Eq. 4 on the classes in the batch) with our
+own implementation of the dense formulation used by popular ports: a full (B, C) distance matrix
+``|x|^2 + |c|^2 - 2 x.c``, masked to the true class, with the centers an ``nn.Parameter`` stepped by SGD.
+
+Each (method, C) is measured in a fresh subprocess so peak memory is clean. On CPU "extra memory" is the peak
+resident set size minus the RSS right after the centers table, inputs and a warm-up step exist; on CUDA it is
+``max_memory_allocated`` minus the centers table and inputs.
+
+    python benchmarks/bench_center_loss.py                     # CPU, writes benchmarks/results/
+    python benchmarks/bench_center_loss.py --device cuda --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class DenseCenterLoss(torch.nn.Module):
+    """The ports' formulation, written here for comparison: O(B * C * d) time, O(B * C) memory."""
+
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__()
+        self.centers = torch.nn.Parameter(torch.zeros(num_classes, feat_dim))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.centers
+        distmat = x.pow(2).sum(1, keepdim=True) + c.pow(2).sum(1) - 2.0 * x @ c.t()  # (B, C)
+        mask = y.unsqueeze(1) == torch.arange(c.shape[0], device=x.device)  # (B, C)
+        return (distmat * mask).clamp(1e-12, 1e12).sum() / (2 * x.shape[0])
+
+
+def measure_one(method: str, num_classes: int, batch: int, dim: int, device: str, steps: int) -> dict:
+    """Run in the child process: returns ms/step and extra bytes."""
+    from centerloss import CenterLoss
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    if method == "centerloss":
+        loss_fn = CenterLoss(num_classes, dim, alpha=0.5).to(dev)
+        opt = None
+    else:
+        loss_fn = DenseCenterLoss(num_classes, dim).to(dev)
+        opt = torch.optim.SGD(loss_fn.parameters(), lr=0.5)
+    x = torch.randn(batch, dim, device=dev, requires_grad=True)
+    y = torch.randint(0, num_classes, (batch,), device=dev)
+
+    def step() -> None:
+        loss = loss_fn(x, y)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        x.grad = None
+
+    step()  # warm-up (allocator, kernels)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes()
+    times = []
+    for _ in range(steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        extra = torch.cuda.max_memory_allocated() - base
+    else:
+        extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times.sort()
+    return {"ms_per_step": 1000 * times[len(times) // 2], "extra_bytes": max(0, extra),
+            "centers_bytes": num_classes * dim * 4}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--classes", default="10,1000,10000,100000,1000000")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per point (median reported)")
+    ap.add_argument("--dense-steps", type=int, default=3, help="timed steps for the dense baseline at C >= 100k")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--child", nargs=2, metavar=("METHOD", "C"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child:
+        method, c = args.child[0], int(args.child[1])
+        steps = args.dense_steps if method == "dense" and c >= 100_000 else args.steps
+        print(json.dumps(measure_one(method, c, args.batch, args.dim, args.device, steps)))
+        return
+
+    rows = []
+    for c in [int(v) for v in args.classes.split(",")]:
+        for method in ("centerloss", "dense"):
+            cmd = [sys.executable, __file__, "--child", method, str(c), "--device", args.device,
+                   "--batch", str(args.batch), "--dim", str(args.dim), "--steps", str(args.steps),
+                   "--dense-steps", str(args.dense_steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                rows.append({"classes": c, "method": method, "error": err})
+                print(f"C={c:>8} {method:>10}: FAILED {err}", flush=True)
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r.update(classes=c, method=method)
+            rows.append(r)
+            print(f"C={c:>8} {method:>10}: {r['ms_per_step']:9.2f} ms/step, extra {r['extra_bytes'] / 2**20:8.1f} MiB"
+                  f" (centers {r['centers_bytes'] / 2**20:.1f} MiB)", flush=True)
+
+    name = args.device.replace(":", "")
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+               "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"}
+    try:
+        machine["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"center_loss_{name}.json").write_text(json.dumps({"machine": machine, "batch": args.batch,
+                                                              "dim": args.dim, "rows": rows}, indent=2))
+    lines = [f"# Center-loss step time and memory ({machine['device']}, B={args.batch}, d={args.dim})", "",
+             f"torch {machine['torch']}, {machine['threads']} threads, {platform.platform()}. Median of timed "
+             "steps (forward + backward + center update). Extra memory excludes the centers table itself.", "",
+             "| C | CenterLoss ms/step | dense ms/step | speed-up | CenterLoss extra MiB | dense extra MiB |",
+             "|---|---|---|---|---|---|"]
+    by = {(r["classes"], r["method"]): r for r in rows}
+    for c in sorted({r["classes"] for r in rows}):
+        a, b = by.get((c, "centerloss"), {}), by.get((c, "dense"), {})
+
+        def fmt(r: dict, key: str, scale: float = 1.0) -> str:
+            return f"{r[key] / scale:.2f}" if key in r else r.get("error", "-")[:40]
+
+        sp = f"{b['ms_per_step'] / a['ms_per_step']:.0f}x" if "ms_per_step" in a and "ms_per_step" in b else "-"
+        lines.append(f"| {c:,} | {fmt(a, 'ms_per_step')} | {fmt(b, 'ms_per_step')} | {sp} | "
+                     f"{fmt(a, 'extra_bytes', 2**20)} | {fmt(b, 'extra_bytes', 2**20)} |")
+    (out / f"center_loss_{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

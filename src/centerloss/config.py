@@ -82,16 +82,22 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "config") 
     return cls(**kwargs)
 
 
+def parse_overrides(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML); dicts pass through."""
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    pairs: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = yaml.safe_load(v) if v.strip() else v
+    return pairs
+
+
 def apply_overrides(cfg: C, overrides: list[str] | dict[str, Any]) -> C:
     """Return a copy of ``cfg`` with ``key=value`` (dotted keys reach nested dataclasses) applied."""
-    if isinstance(overrides, list):
-        pairs: dict[str, Any] = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like key=value")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = yaml.safe_load(v) if v.strip() else v
-        overrides = pairs
+    overrides = parse_overrides(overrides)
     d = dataclasses.asdict(cfg)  # type: ignore[call-overload]
     for key, value in overrides.items():
         node = d

@@ -2,7 +2,8 @@
 
 Synthetic but realistically shaped input: one row per LFW image (13,233 x 1024 float32 by default, the
 size of flip-concatenated 512-d features), people as clusters, and the official pairs.txt. Each stage is
-timed separately, best and median of ``--repeats`` runs:
+timed separately, best and median of ``--repeats`` runs, plus the first run of each setting ("first": with
+PCA that is the first eigendecomposition of the process, which once ran with multi-threaded LAPACK):
 
   load      np.load of the features file (uncompressed .npz)
   parse     read_lfw_pairs (+ existence check is *not* included; the features file stands in for images)
@@ -14,7 +15,9 @@ timed separately, best and median of ``--repeats`` runs:
 Every setting runs twice in a child process: with the BLAS thread count left alone, and with one thread
 (on a 2-core machine shared by several people, multi-threaded OpenBLAS can be several times slower).
 
-Usage:  .venv/bin/python benchmarks/bench_lfw_eval.py [--dim 1024] [--pca 0 128 256] [--repeats 5]
+The machine is shared: the report records `uptime` before and after; under load compare the best runs.
+
+Usage:  .venv/bin/python benchmarks/bench_lfw_eval.py [--dim 1024] [--pca 0 128 256] [--repeats 5] [--note TEXT]
 Writes benchmarks/results/lfw_eval.json and .md.
 """
 
@@ -95,7 +98,7 @@ def child(args: argparse.Namespace) -> int:
         row = {"pca_dim": pca or None}
         for k in ("load", "parse", "gather", "evaluate", "total"):
             vals = [r[k] for r in runs]
-            row[k] = {"best": min(vals), "median": statistics.median(vals)}
+            row[k] = {"best": min(vals), "median": statistics.median(vals), "first": vals[0]}
         row["accuracy"] = runs[0]["accuracy"]
         rows.append(row)
     print(json.dumps(rows))
@@ -109,6 +112,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--blas-threads", nargs="*", default=["default", "1"],
                     help="run every setting with these OPENBLAS/OMP thread counts ('default' = leave unset)")
+    ap.add_argument("--note", default="", help="free text for the report, e.g. what changed since the last run")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--features", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -135,8 +139,8 @@ def main() -> int:
                 row["blas_threads"] = threads
                 rows.append(row)
                 print(f"threads={threads} pca={row['pca_dim'] or 'none'}: total best {row['total']['best']:.3f} s, "
-                      f"median {row['total']['median']:.3f} s (evaluate {row['evaluate']['median']:.3f} s), "
-                      f"accuracy {row['accuracy']:.4f}")
+                      f"median {row['total']['median']:.3f} s, first {row['total']['first']:.3f} s "
+                      f"(evaluate {row['evaluate']['median']:.3f} s), accuracy {row['accuracy']:.4f}", flush=True)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "centerloss.cli", "eval", "lfw", "--features", str(feats),
                         "--pairs", str(pairs_path), "--out", str(Path(tmp) / "run")], check=True,
@@ -152,6 +156,7 @@ def main() -> int:
                     "numpy": np.__version__},
         "load_before": load_before,
         "load_after": _load(),
+        "note": args.note,
     }
     (OUT / "lfw_eval.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
@@ -160,14 +165,17 @@ def main() -> int:
         f"Input: {result['features']}. Best / median of {args.repeats} runs, seconds (stage columns: median).",
         f"Machine: {result['machine']['cpu']}, {os.cpu_count()} cores, shared with other users.",
         f"Load before: `{load_before}`; after: `{result['load_after']}`.",
+        *(["", f"Note: {args.note}"] if args.note else []),
         "",
-        "| BLAS threads | PCA | load | parse | gather | evaluate | total (best) | total (median) | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| BLAS threads | PCA | load | parse | gather | evaluate | total (best) | total (median) | total (first) "
+        "| accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(f"| {r['blas_threads']} | {r['pca_dim'] or 'none'} | {r['load']['median']:.3f} | "
                   f"{r['parse']['median']:.3f} | {r['gather']['median']:.3f} | {r['evaluate']['median']:.3f} | "
-                  f"{r['total']['best']:.3f} | {r['total']['median']:.3f} | {r['accuracy']:.4f} |")
+                  f"{r['total']['best']:.3f} | {r['total']['median']:.3f} | {r['total']['first']:.3f} | "
+                  f"{r['accuracy']:.4f} |")
     md += ["", f"Whole `centerloss eval lfw` command (new interpreter, torch import, report.json/md, two plots, "
            f"no PCA, default threads): {cli_s:.2f} s.", ""]
     (OUT / "lfw_eval.md").write_text("\n".join(md))

@@ -7,7 +7,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from centerloss.errors import DataError
-from centerloss.eval.verification import evaluate_pairs, stratified_subfolds
+from centerloss.eval.verification import (
+    _leave_one_out_sums,
+    evaluate_pairs,
+    fold_normalisers,
+    stratified_subfolds,
+)
 
 
 def _pairs(n_folds=10, per=60, d=16, noise=1.0, seed=0, offset=0.0):
@@ -57,18 +62,69 @@ def _slow_reference(a, b, y, folds, pca_dim=None):
     return np.array(accs), np.array(thrs), pooled
 
 
+# Tolerance of the scores against the float64 reference. float64 features: everything is float64, so only
+# summation order differs (1e-9). float32 features: the PCA projection runs in float32 (see _PairScorer), which
+# adds a few float32 ulps (measured ~2e-7 here) -- the precision the features were given in. Fold accuracies
+# must still agree exactly.
+_SCORE_ATOL = {np.float64: 1e-9, np.float32: 2e-6}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("pca_dim", [None, 5])
 @pytest.mark.parametrize("n_folds", [10, 3])
-def test_matches_slow_reference(pca_dim, n_folds):
+def test_matches_slow_reference(pca_dim, n_folds, dtype):
     a, b, y, folds = _pairs(n_folds=n_folds, noise=1.3, offset=0.7)
+    a, b = a.astype(dtype), b.astype(dtype)
     r = evaluate_pairs(a, b, y, folds, pca_dim=pca_dim)
     accs, thrs, pooled = _slow_reference(a, b, y, folds, pca_dim)
-    np.testing.assert_allclose(r.scores, pooled, atol=1e-9)
-    np.testing.assert_allclose(r.fold_thresholds, thrs, atol=1e-9)
+    atol = _SCORE_ATOL[dtype] if pca_dim is not None else 1e-9  # no PCA: float64 whatever the input
+    np.testing.assert_allclose(r.scores, pooled, atol=atol)
+    np.testing.assert_allclose(r.fold_thresholds, thrs, atol=atol)
     np.testing.assert_array_equal(r.fold_accuracies, accs)
     assert r.accuracy_mean == pytest.approx(accs.mean())
     assert r.accuracy_std == pytest.approx(accs.std(ddof=1))
     assert 0.6 < r.accuracy_mean < 0.99  # a non-trivial problem, so thresholds matter
+
+
+def test_pca_scores_of_float32_features_are_close_to_float64():
+    """Realistic size and a large common offset (as un-normalised CNN features have): the float32 projection
+    must stay within float32 rounding of the features, and no fold's accuracy may change."""
+    a, b, y, folds = _pairs(n_folds=10, per=100, d=256, noise=1.0, offset=3.0)
+    r32 = evaluate_pairs(a, b, y, folds, pca_dim=64)
+    r64 = evaluate_pairs(a.astype(np.float64), b.astype(np.float64), y, folds, pca_dim=64)
+    assert np.abs(r32.scores - r64.scores).max() < 2e-6
+    np.testing.assert_array_equal(r32.fold_accuracies, r64.fold_accuracies)
+
+
+def test_leave_one_out_sums():
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 7):
+        parts = [rng.normal(size=(3, 3)) for _ in range(k)]
+        before = [p.copy() for p in parts]
+        out = _leave_one_out_sums(parts)
+        total = sum(before)
+        for i in range(k):
+            np.testing.assert_allclose(out[i], total - before[i], atol=1e-12)
+        for p, q in zip(parts, before):
+            np.testing.assert_array_equal(p, q)  # inputs untouched
+
+
+@pytest.mark.parametrize("pca_dim", [None, 4])
+def test_fold_statistics_do_not_see_the_held_out_fold_even_in_rounding(pca_dim):
+    """Fold 0's mean and PCA basis come from the other folds' sums only (prefix/suffix sums, no "total minus
+    fold 0"), so rewriting fold 0 leaves them bit-identical."""
+    a, b, y, folds = _pairs(noise=1.0)
+    base = fold_normalisers(a, b, folds, pca_dim)
+    rng = np.random.default_rng(2)
+    a2, b2 = a.copy(), b.copy()
+    f0 = folds == 0
+    a2[f0] = 1e3 * rng.normal(size=(f0.sum(), a.shape[1]))
+    b2[f0] = -1e3
+    moved = fold_normalisers(a2, b2, folds, pca_dim)
+    np.testing.assert_array_equal(moved[0][0], base[0][0])
+    if pca_dim is not None:
+        np.testing.assert_array_equal(moved[0][1], base[0][1])
+    assert np.abs(moved[1][0] - base[1][0]).max() > 1.0  # fold 0 is training data for fold 1
 
 
 @pytest.mark.parametrize("pca_dim", [None, 4])
@@ -168,6 +224,8 @@ def test_subset_of_folds_and_bad_inputs():
     assert list(r.folds) == [2, 5, 7]
     with pytest.raises(DataError, match="pca_dim"):
         evaluate_pairs(a, b, y, folds, pca_dim=1000)
+    with pytest.raises(DataError, match="at least 2 folds"):
+        fold_normalisers(a, b, np.zeros(len(a)), 4)
     with pytest.raises(DataError, match=r"\(P, D\)"):
         evaluate_pairs(a, b[:, :3], y, folds)
     bad = a.copy()

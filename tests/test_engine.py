@@ -196,6 +196,7 @@ def test_cli_resolves_flags_and_saves_config(faces, tmp_path) -> None:
     saved = load_train_config(str(out / "config.yaml"))
     assert (saved.loss.type, saved.loss.lam, saved.data.batch_size, saved.optim.max_steps) == ("center", 0.02, 8, 2)
     assert saved.optim.epochs == 0 and saved.model.name == "face_small"
+    assert list((out / "tb").glob("events.out.tfevents.*"))  # TensorBoard is on by default when installed
     assert main(["train", "--preset", "no_such_preset"]) == 2
 
 

@@ -95,8 +95,29 @@ def test_tiny_end_to_end_experiment(mini_lfw, tmp_path) -> None:
     md = (out / "report.md").read_text()
     assert "| A (softmax)" in md and "| C (softmax + center)" in md and "roc.png" in md
     assert (out / "roc.png").stat().st_size > 1000
-    # a rerun resumes the finished trainings instead of retraining them
+    # a rerun resumes the finished trainings instead of retraining them, and keeps their training record
+    n_rows = len((out / "A" / "train_log.csv").read_text().splitlines())
     rc = main(["lfw-experiment", "--preset", "tiny", "--aligned", str(root), "--pairs", str(pairs), "--out",
                str(out), "--set", f"train_overrides={json.dumps(tiny)}", "subfolds=3", "fars=[0.34]"])
     assert rc == 0
-    assert json.loads((out / "report.json").read_text())["models"]["A"]["train"]["steps_this_session"] == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["models"]["A"]["train"] == rep["models"]["A"]["train"]
+    assert again["models"]["C"]["verification"]["accuracy_mean"] == rep["models"]["C"]["verification"]["accuracy_mean"]
+    assert len((out / "A" / "train_log.csv").read_text().splitlines()) == n_rows
+
+
+def test_periodic_verification_during_training(mini_lfw, tmp_path) -> None:
+    from test_engine import tiny_cfg
+
+    from centerloss.engine.logs import read_csv
+    from centerloss.engine.trainer import Trainer
+
+    root, pairs, people = mini_lfw
+    cfg = tiny_cfg(root, tmp_path / "v", **{"data.exclude_identities": None, "optim.epochs": 2,
+                                            "verify.pairs": str(pairs), "verify.root": str(root),
+                                            "verify.every": 3, "verify.subfolds": 3})
+    Trainer(cfg).fit()
+    rows = read_csv(tmp_path / "v" / "verify_log.csv")
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 10]  # 40 crops / 8 = 5 steps per epoch: every 3, and the end
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0 and "2-fold" in r["protocol"]

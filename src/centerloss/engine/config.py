@@ -48,6 +48,7 @@ class LossConfig:
     center_update: str = "paper"  # "paper" (Eq. 4 buffer) or "learnable" (an SGD-trained parameter)
     center_reduction: str = "mean"  # "mean" (caffe-face, batch-averaged) or "sum" (Eq. 2 as printed)
     margin: float = 1.0  # contrastive margin (model B), on the raw features
+    contrastive_reduction: str = "balanced"  # "balanced" (mean of positive + mean of negative pairs), "mean", "sum"
     classifier_bias: bool = True
 
 
@@ -61,6 +62,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [16000, 24000])  # lr *= gamma at these
     milestone_unit: str = "step"  # "step" or "epoch"
     gamma: float = 0.1
+    warmup_steps: int = 0  # linear warm-up of the lr over the first N steps (0: none, as in the paper)
     max_steps: int = 28000  # optimizer steps; ignored when epochs > 0
     epochs: int = 0  # train for this many epochs instead (0: use max_steps)
     grad_clip: float = 0.0  # max global grad norm (0: off)
@@ -170,10 +172,13 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Keys whose value differs between a checkpoint's config and ``cfg`` and that would change the results."""
     now = flat(cfg)
     then = {f"{s}.{k}": v for s, sec in saved.items() for k, v in sec.items()}
+    defaults = flat(TrainConfig())
     out = []
     for key in sorted(set(now) | set(then)):
         if key in RESUME_FREE_KEYS:
             continue
+        if key not in then and now.get(key) == defaults.get(key):
+            continue  # an option added after the checkpoint was written, left at its default
         a, b = then.get(key), now.get(key)
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
             a, b = list(a), list(b)

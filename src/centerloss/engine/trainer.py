@@ -99,7 +99,7 @@ def build_objective(cfg: TrainConfig, embed_dim: int, num_classes: int) -> nn.Mo
                          reduction=lc.center_reduction)  # type: ignore[arg-type]
         lam = lc.lam
     elif lc.type == "contrastive":
-        aux, lam = ContrastiveLoss(margin=lc.margin), lc.lam
+        aux, lam = ContrastiveLoss(margin=lc.margin, reduction=lc.contrastive_reduction), lc.lam
     else:
         raise ValueError(f"loss.type must be 'softmax' (A), 'contrastive' (B) or 'center' (C), got {lc.type!r}")
     return JointLoss(embed_dim, num_classes, aux=aux, lam=lam, bias=lc.classifier_bias)
@@ -131,9 +131,11 @@ def build_optimizer(cfg: TrainConfig, net: nn.Module, objective: nn.Module) -> t
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
 
 
-def lr_at(step: int, base: float, milestones: Sequence[int], gamma: float) -> float:
-    """Multistep schedule: ``base * gamma ** (number of milestones <= step)``."""
-    return base * gamma ** sum(step >= m for m in milestones)
+def lr_at(step: int, base: float, milestones: Sequence[int], gamma: float, warmup: int = 0) -> float:
+    """Multistep schedule ``base * gamma ** (number of milestones <= step)``, times a linear warm-up
+    ``(step + 1) / warmup`` during the first ``warmup`` steps. A pure function of the step (exact resume)."""
+    lr = base * gamma ** sum(step >= m for m in milestones)
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -457,7 +459,7 @@ class Trainer:
             y = y.to(dev, non_blocking=True)
             if rt.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(self.step, o.lr, self.milestones, o.gamma)
+            lr = lr_at(self.step, o.lr, self.milestones, o.gamma, o.warmup_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
             where = f"step {self.step} (epoch {epoch}, batch {k})"
@@ -509,9 +511,11 @@ class Trainer:
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
+        total = self.elapsed_before + elapsed
         summary = {"steps": self.step, "epochs": self.step / self.steps_per_epoch,
                    "steps_this_session": self.step - start_step, "seconds_this_session": elapsed,
                    "images_per_s": (self.step - start_step) * cfg.data.batch_size / max(elapsed, 1e-9),
+                   "seconds_total": total, "images_per_s_total": self.step * cfg.data.batch_size / max(total, 1e-9),
                    "num_classes": len(self.classes), "num_images": len(self.dataset),  # type: ignore[arg-type]
                    "world_size": info.world_size, "device": str(dev), "final": last_row}
         if info.is_main:

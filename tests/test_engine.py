@@ -227,3 +227,28 @@ def test_param_groups_follow_caffe_face() -> None:
     assert id(obj.aux.centers) not in in_opt  # Eq. 4 moves them, not SGD
     learn = build_objective(apply(cfg, {"loss.center_update": "learnable"}), 8, 5)
     assert len(build_optimizer(cfg, net, learn).param_groups) == 3
+
+
+def test_recordio_and_identity_filters_through_the_engine(faces, tmp_path) -> None:
+    from centerloss.data.recordio import IRHeader, RecordIOWriter, pack
+    from centerloss.engine.trainer import build_dataset
+
+    # the same 24 crops as an InsightFace-style .rec/.idx (no header record: labels straight from the records)
+    files = sorted(faces.rglob("*.png"))
+    with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as w:
+        for k, f in enumerate(files):
+            w.write(pack(IRHeader(0, float(int(f.parent.name[2:])), k, 0), f.read_bytes()), key=k)
+    cfg = tiny_cfg(tmp_path / "train.rec", tmp_path / "rec_run", **{"data.kind": "recordio", "optim.epochs": 1})
+    summary = Trainer(cfg).fit()
+    assert summary["steps"] == 3 and summary["num_classes"] == 4
+    assert json.loads((tmp_path / "rec_run" / "classes.json").read_text()) == ["0", "1", "2", "3"]
+    # identity lists: keep / exclude
+    (tmp_path / "drop.txt").write_text("id1\nid3\n")
+    ds = build_dataset(tiny_cfg(faces, tmp_path / "x", **{"data.exclude_identities": str(tmp_path / "drop.txt")}))
+    assert ds.classes == ["id0", "id2"] and len(ds) == 12
+    ds = build_dataset(tiny_cfg(faces, tmp_path / "x", **{"data.identities": str(tmp_path / "drop.txt")}))
+    assert ds.classes == ["id1", "id3"]
+    (tmp_path / "list.txt").write_text("id2/id2_0001.png\nid2/id2_0002.png\nid0/id0_0003.png\n")
+    ds = build_dataset(tiny_cfg(faces, tmp_path / "x", **{"data.file_list": str(tmp_path / "list.txt"),
+                                                          "data.min_images": 2}))
+    assert ds.classes == ["id2"] and len(ds) == 2

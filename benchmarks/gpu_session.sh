@@ -22,7 +22,7 @@ P2=$!
 
 # 2. correctness on CUDA (does not time anything, so sharing the GPU is fine)
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_center_loss.py \
-    tests/test_center_loss_ddp.py > "$W/pytest_cuda.log" 2>&1; echo "exit $?" >> "$W/pytest_cuda.log"
+    tests/test_center_loss_ddp.py tests/test_engine_cuda.py > "$W/pytest_cuda.log" 2>&1; echo "exit $?" >> "$W/pytest_cuda.log"
 
 wait $P1 $P2
 

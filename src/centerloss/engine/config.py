@@ -143,14 +143,7 @@ def load_train_config(preset: str | None, overrides: list[str] | dict[str, Any] 
 
 def apply(cfg: TrainConfig, overrides: list[str] | dict[str, Any]) -> TrainConfig:
     """``key=value`` overrides; ``model.kwargs.<name>=value`` may add constructor arguments."""
-    if isinstance(overrides, list):
-        pairs: dict[str, Any] = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like key=value")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = yaml.safe_load(v) if v.strip() else v
-        overrides = pairs
+    overrides = cfgmod.parse_overrides(overrides)
     rest = {}
     kwargs = dict(cfg.model.kwargs)
     for k, v in overrides.items():

@@ -72,14 +72,27 @@ def test_real_data_shapes():
 def test_center_loss_tightens_classes_on_real_mnist(tmp_path):
     """Paper Sec. 3 claim on a short real run (subset): joint supervision gives tighter classes than softmax."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cfg = MnistConfig(lambdas=[0.0, 0.1], iterations=150, batch_size=64, lr=0.01, lr_steps=[120],
-                      train_subset=4000, test_subset=1000, plot_points=500, device="cpu", data_dir=str(MNIST))
+    cfg = MnistConfig(lambdas=[0.0, 0.1], iterations=300, batch_size=64, lr=0.01, lr_steps=[240],
+                      train_subset=4000, test_subset=1000, train_eval_images=1000, plot_points=500,
+                      device="cpu", data_dir=str(MNIST))
     report = run_experiment(cfg, tmp_path, preset="test")
     soft, joint = report["runs"]
     assert soft["lam"] == 0.0 and joint["lam"] == 0.1
-    assert soft["test_accuracy"] > 0.3 and joint["test_accuracy"] > 0.3  # both actually learned
-    assert joint["compactness"] < 0.7 * soft["compactness"], (soft["compactness"], joint["compactness"])
+    assert soft["test_accuracy"] > 0.5 and joint["test_accuracy"] > 0.5  # both actually learned
+    # deterministic on CPU; measured here: 0.247 (softmax) vs 0.169 (lambda 0.1)
+    assert joint["compactness"] < 0.8 * soft["compactness"], (soft["compactness"], joint["compactness"])
     for name in ("report.json", "report.md", "config.yaml", "fig2_softmax.png", "fig3_lambdas.png"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "report.json").read_text())["runs"][1]["compactness"] == joint["compactness"]
     assert "![softmax features](fig2_softmax.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_divergence_is_reported_as_non_finite(tmp_path):
+    from centerloss.errors import NonFiniteLossError
+
+    cfg = MnistConfig(lambdas=[0.0], iterations=30, batch_size=16, lr=50.0, lr_steps=[], train_subset=64,
+                      test_subset=64, device="cpu", data_dir=str(MNIST) if MNIST.is_dir() else None)
+    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST not at {MNIST}")
+    with pytest.raises(NonFiniteLossError, match="lower lr"):
+        run_experiment(cfg, tmp_path, preset="test")

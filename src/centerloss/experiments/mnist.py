@@ -109,7 +109,14 @@ def train_one(cfg: MnistConfig, lam: float, train, device: torch.device, desc: s
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, it)
         x, y = normalize(images[idx]), labels[idx]
-        out = objective(model(x), y)  # CenterLoss refuses NaN/Inf features before moving its centers
+        feats = model(x)
+        try:
+            out = objective(feats, y)  # CenterLoss refuses NaN/Inf features before moving its centers
+        except ValueError as e:
+            if not bool(torch.isfinite(feats).all()):
+                raise NonFiniteLossError(f"lambda={lam}: features became NaN/Inf at iteration {it}; "
+                                         "lower lr or lambda") from e
+            raise
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the main job: MNIST 2-D toy experiment (quick preset) -> runs/mnist-quick/
 	$(VENV)/bin/centerloss mnist --preset quick
 
-test: $(VENV)/.installed  ## the whole test suite (CPU, a few minutes)
+test: $(VENV)/.installed  ## lint + the whole test suite (CPU, a few minutes)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed

@@ -3,7 +3,15 @@
 >>> from centerloss import CenterLoss
 """
 
-from .losses import CenterLoss, ContrastiveLoss, JointLoss, TripletLoss, center_loss, contrastive_loss, triplet_loss
+from .losses import (
+    CenterLoss,
+    ContrastiveLoss,
+    JointLoss,
+    TripletLoss,
+    center_loss,
+    contrastive_loss,
+    triplet_loss,
+)
 
 __version__ = "0.1.0"
 __all__ = [

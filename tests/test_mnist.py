@@ -96,3 +96,15 @@ def test_divergence_is_reported_as_non_finite(tmp_path):
         pytest.skip(f"MNIST not at {MNIST}")
     with pytest.raises(NonFiniteLossError, match="lower lr"):
         run_experiment(cfg, tmp_path, preset="test")
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    from centerloss.cli import main
+
+    assert main(["mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "centerloss mnist: error: MNIST not found" in err and "Traceback" not in err
+    assert main(["mnist", "--preset", "nope"]) == 2
+    assert "shipped presets" in capsys.readouterr().err
+    assert main(["mnist", "--set", "no_such_key=1"]) == 2
+    assert "unknown key" in capsys.readouterr().err

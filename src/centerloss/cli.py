@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import CenterLossError
+
 #: Modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "centerloss.experiments.mnist",
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (CenterLossError, FileNotFoundError, KeyError) as e:
+        # Wrong input, missing files, unknown preset/config keys: a message, not a traceback.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"centerloss {args.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

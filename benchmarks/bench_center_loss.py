@@ -97,6 +97,29 @@ def measure_one(method: str, num_classes: int, batch: int, dim: int, device: str
             "centers_bytes": num_classes * dim * 4}
 
 
+def render(machine: dict, batch: int, dim: int, rows: list[dict]) -> list[str]:
+    """The markdown table of a run (also used by ``--render`` to redraw it from the saved JSON)."""
+    lines = [f"# Center-loss step time and memory ({machine['device']}, B={batch}, d={dim})", "",
+             f"torch {machine['torch']}, {machine['threads']} threads, {machine['platform']}. Median of timed "
+             "steps (forward + backward + center update). Extra memory excludes the centers table itself.", "",
+             "| C | CenterLoss ms/step | dense ms/step | speed-up | CenterLoss extra MiB | dense extra MiB |",
+             "|---|---|---|---|---|---|"]
+    by = {(r["classes"], r["method"]): r for r in rows}
+    for c in sorted({r["classes"] for r in rows}):
+        a, b = by.get((c, "centerloss"), {}), by.get((c, "dense"), {})
+
+        def fmt(r: dict, key: str, scale: float = 1.0) -> str:
+            return f"{r[key] / scale:.2f}" if key in r else r.get("error", "-")[:40]
+
+        sp = "-"
+        if "ms_per_step" in a and "ms_per_step" in b:
+            ratio = b["ms_per_step"] / a["ms_per_step"]
+            sp = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
+        lines.append(f"| {c:,} | {fmt(a, 'ms_per_step')} | {fmt(b, 'ms_per_step')} | {sp} | "
+                     f"{fmt(a, 'extra_bytes', 2**20)} | {fmt(b, 'extra_bytes', 2**20)} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -106,8 +129,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per point (median reported)")
     ap.add_argument("--dense-steps", type=int, default=3, help="timed steps for the dense baseline at C >= 100k")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--render", metavar="JSON", help="only redraw the markdown table of a saved run")
     ap.add_argument("--child", nargs=2, metavar=("METHOD", "C"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        lines = render(saved["machine"], saved["batch"], saved["dim"], saved["rows"])
+        Path(args.render).with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
 
     if args.child:
         method, c = args.child[0], int(args.child[1])
@@ -145,21 +176,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"center_loss_{name}.json").write_text(json.dumps({"machine": machine, "batch": args.batch,
                                                               "dim": args.dim, "rows": rows}, indent=2))
-    lines = [f"# Center-loss step time and memory ({machine['device']}, B={args.batch}, d={args.dim})", "",
-             f"torch {machine['torch']}, {machine['threads']} threads, {platform.platform()}. Median of timed "
-             "steps (forward + backward + center update). Extra memory excludes the centers table itself.", "",
-             "| C | CenterLoss ms/step | dense ms/step | speed-up | CenterLoss extra MiB | dense extra MiB |",
-             "|---|---|---|---|---|---|"]
-    by = {(r["classes"], r["method"]): r for r in rows}
-    for c in sorted({r["classes"] for r in rows}):
-        a, b = by.get((c, "centerloss"), {}), by.get((c, "dense"), {})
-
-        def fmt(r: dict, key: str, scale: float = 1.0) -> str:
-            return f"{r[key] / scale:.2f}" if key in r else r.get("error", "-")[:40]
-
-        sp = f"{b['ms_per_step'] / a['ms_per_step']:.0f}x" if "ms_per_step" in a and "ms_per_step" in b else "-"
-        lines.append(f"| {c:,} | {fmt(a, 'ms_per_step')} | {fmt(b, 'ms_per_step')} | {sp} | "
-                     f"{fmt(a, 'extra_bytes', 2**20)} | {fmt(b, 'extra_bytes', 2**20)} |")
+    lines = render(machine, args.batch, args.dim, rows)
     (out / f"center_loss_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -106,7 +106,9 @@ def test_joint_loss_is_softmax_plus_lambda_aux():
     out = j(x, y)
     l_s = torch.nn.functional.cross_entropy(j.classifier(x), y)
     torch.testing.assert_close(out.softmax, l_s)
-    torch.testing.assert_close(out.loss, l_s + 0.1 * out.aux)
+    l_c = 0.5 * (x - torch.zeros(5, 4)[y]).pow(2).sum(1).mean()  # Eq. 2 / B with the initial (zero) centers
+    torch.testing.assert_close(out.aux, l_c)
+    torch.testing.assert_close(out.loss, l_s + 0.1 * l_c)
     assert out.logits.shape == (8, 5)
     a = JointLoss(4, 5)(x, y)
     assert a.aux.item() == 0.0 and torch.equal(a.loss, a.softmax)
@@ -117,3 +119,39 @@ def test_loss_registry():
     assert isinstance(LOSSES.create("center", num_classes=3, feat_dim=2), CenterLoss)
     with pytest.raises(KeyError, match="unknown loss"):
         LOSSES.create("arcface")
+
+
+def test_joint_loss_validates_before_cross_entropy():
+    j = JointLoss(4, 5, aux=CenterLoss(5, 4))
+    before = j.aux.centers.clone()
+    with pytest.raises(ValueError, match="labels must lie in"):
+        j(torch.randn(3, 4), torch.tensor([0, 1, 7]))
+    with pytest.raises(ValueError, match="width 3"):
+        j(torch.randn(3, 3), torch.tensor([0, 1, 2]))
+    assert torch.equal(j.aux.centers, before)
+    out = j(torch.randn(3, 4), torch.tensor([0, 1, 2], dtype=torch.int32))  # int32 labels are fine
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="lambda"):
+        JointLoss(4, 5, lam=float("nan"))
+    with pytest.raises(ValueError, match="reduction"):
+        ContrastiveLoss(reduction="avg")
+
+
+@pytest.mark.parametrize("loss_fn", [lambda f, y: contrastive_loss(f, y, 1.0), lambda f, y: triplet_loss(f, y, 0.5)])
+def test_pairwise_distances_stay_float32_under_autocast(loss_fn):
+    # near-duplicate pairs: a bf16 Gram matrix would turn their small distances into 0 or noise
+    torch.manual_seed(0)
+    base = torch.randn(4, 64)
+    feats = torch.cat([base, base + 0.05 * torch.randn(4, 64)])
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    lin = torch.nn.Linear(64, 64)
+    ref = loss_fn(lin(feats).float(), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f16 = lin(feats)
+        assert f16.dtype == torch.bfloat16
+        got = loss_fn(f16, y)
+    # the only error left is the bf16 rounding of the features themselves
+    ref16 = loss_fn(f16.detach().float(), y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref16, rtol=1e-5, atol=1e-6)
+    assert abs(got.item() - ref.item()) < 0.05 * abs(ref.item()) + 1e-3

@@ -13,10 +13,12 @@ def pairwise_sq_dists(features: Tensor) -> Tensor:
     common offset that makes the Gram-matrix form ``|a|^2 + |b|^2 - 2 a.b`` cancel catastrophically.
     """
     work = torch.promote_types(features.dtype, torch.float32)
-    f = features.to(work)
-    f = f - f.mean(dim=0, keepdim=True).detach()
-    sq = f.pow(2).sum(dim=1)  # (B,)
-    d2 = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (f @ f.t())  # (B, B)
+    # autocast would run the matmul below in bf16/fp16 and wipe out small distances: keep it in `work`
+    with torch.autocast(features.device.type, enabled=False):
+        f = features.to(work)
+        f = f - f.mean(dim=0, keepdim=True).detach()
+        sq = f.pow(2).sum(dim=1)  # (B,)
+        d2 = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (f @ f.t())  # (B, B)
     return d2.clamp_min(0.0)
 
 

@@ -191,9 +191,9 @@ class CenterLoss(nn.Module):
             ok, local_error = False, e
         if distributed:
             if ok:
-                feats, labs = _gather_global_batch(features.detach().float(), labels.long(), ok)
+                feats, labs = _gather_global_batch(features.detach().to(self.centers.dtype), labels.long(), ok)
             else:  # still take part in the first collective, so every rank raises together
-                empty = torch.zeros(0, self.feat_dim, device=self.centers.device)
+                empty = self.centers.new_zeros(0, self.feat_dim)
                 try:
                     _gather_global_batch(empty, torch.zeros(0, dtype=torch.long, device=empty.device), ok)
                 except ValueError as e:

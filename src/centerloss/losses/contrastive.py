@@ -49,6 +49,8 @@ class ContrastiveLoss(nn.Module):
         super().__init__()
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
+        if reduction not in ("mean", "sum", "balanced"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'balanced', got {reduction!r}")
         self.margin = float(margin)
         self.reduction = reduction
 

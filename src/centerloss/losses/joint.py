@@ -7,10 +7,14 @@ model B (contrastive) and model C (center).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._validate import check_batch
 
 
 class JointOutput(NamedTuple):
@@ -34,8 +38,8 @@ class JointLoss(nn.Module):
     def __init__(self, feat_dim: int, num_classes: int, aux: nn.Module | None = None, lam: float = 0.0,
                  bias: bool = True) -> None:
         super().__init__()
-        if lam < 0:
-            raise ValueError(f"lambda must be >= 0, got {lam}")
+        if not lam >= 0 or math.isinf(lam):
+            raise ValueError(f"lambda must be a finite number >= 0, got {lam}")
         self.classifier = nn.Linear(feat_dim, num_classes, bias=bias)
         self.aux = aux
         self.lam = float(lam)
@@ -44,6 +48,16 @@ class JointLoss(nn.Module):
         return f"lambda={self.lam}"
 
     def forward(self, features: Tensor, labels: Tensor) -> JointOutput:
+        try:  # before cross_entropy, whose own errors are cryptic (and a device assert on CUDA)
+            check_batch(features, labels, self.classifier.in_features, self.classifier.out_features,
+                        check_finite=False)
+        except (TypeError, ValueError):
+            if self.aux is not None and dist.is_available() and dist.is_initialized():
+                # a collective aux loss (CenterLoss) raises on every rank together instead of leaving
+                # the other ranks blocked in its all-gather
+                self.aux(features, labels)
+            raise
+        labels = labels.long()
         logits = self.classifier(features)  # (B, C)
         l_s = F.cross_entropy(logits.float(), labels)
         if self.aux is None:

@@ -7,13 +7,17 @@ PCA that is the first eigendecomposition of the process, which once ran with mul
 
   load      np.load of the features file (uncompressed .npz)
   parse     read_lfw_pairs (+ existence check is *not* included; the features file stands in for images)
-  gather    look the 6,000 pairs' rows up
-  evaluate  evaluate_pairs (10 folds, mean subtraction, threshold sweep, ROC/AUC/EER/TAR)
+  gather    look the 6,000 pairs' rows up ("indexed": their row numbers only, PairList.indices;
+            "gathered": copy the 12,000 pair sides' features, PairList.gather)
+  evaluate  evaluate_pairs (10 folds, mean subtraction, threshold sweep, ROC/AUC/EER/TAR); "indexed" passes
+            the per-image table with pair_index (what `centerloss eval lfw` does: each distinct image is
+            projected once), "gathered" the two (P, D) arrays
   total     load + parse + gather + evaluate (what `centerloss eval lfw --no-plots` computes)
   cli       the whole `centerloss eval lfw` command incl. report files and both plots (once)
 
-Every setting runs twice in a child process: with the BLAS thread count left alone, and with one thread
-(on a 2-core machine shared by several people, multi-threaded OpenBLAS can be several times slower).
+Every setting runs for each input path (--paths) and twice in a child process: with the BLAS thread count
+left alone, and with one thread (on a 2-core machine shared by several people, multi-threaded OpenBLAS can be
+several times slower).
 
 The machine is shared: the report records `uptime` before and after; under load compare the best runs.
 
@@ -75,15 +79,20 @@ def make_features(path: Path, dim: int, seed: int = 0) -> int:
     return len(images)
 
 
-def time_once(feats: Path, pairs_path: Path, pca: int | None) -> dict[str, float]:
+def time_once(feats: Path, pairs_path: Path, pca: int | None, path: str) -> dict[str, float]:
     t0 = time.perf_counter()
     table = load_features(feats)
     t1 = time.perf_counter()
     pairs = read_lfw_pairs(pairs_path)
     t2 = time.perf_counter()
-    fa, fb = pairs.gather(table.paths, table.features)
-    t3 = time.perf_counter()
-    res = evaluate_pairs(fa, fb, pairs.issame, pairs.fold_ids, pca_dim=pca)
+    if path == "indexed":
+        index = pairs.indices(table.paths)
+        t3 = time.perf_counter()
+        res = evaluate_pairs(table.features, None, pairs.issame, pairs.fold_ids, pca_dim=pca, pair_index=index)
+    else:
+        fa, fb = pairs.gather(table.paths, table.features)
+        t3 = time.perf_counter()
+        res = evaluate_pairs(fa, fb, pairs.issame, pairs.fold_ids, pca_dim=pca)
     t4 = time.perf_counter()
     return {"load": t1 - t0, "parse": t2 - t1, "gather": t3 - t2, "evaluate": t4 - t3, "total": t4 - t0,
             "accuracy": res.accuracy_mean}
@@ -94,13 +103,14 @@ def child(args: argparse.Namespace) -> int:
     pairs_path = DATA / "lfw" / "pairs.txt"
     rows = []
     for pca in args.pca:
-        runs = [time_once(Path(args.features), pairs_path, pca or None) for _ in range(args.repeats)]
-        row = {"pca_dim": pca or None}
-        for k in ("load", "parse", "gather", "evaluate", "total"):
-            vals = [r[k] for r in runs]
-            row[k] = {"best": min(vals), "median": statistics.median(vals), "first": vals[0]}
-        row["accuracy"] = runs[0]["accuracy"]
-        rows.append(row)
+        for path in args.paths:
+            runs = [time_once(Path(args.features), pairs_path, pca or None, path) for _ in range(args.repeats)]
+            row = {"pca_dim": pca or None, "path": path}
+            for k in ("load", "parse", "gather", "evaluate", "total"):
+                vals = [r[k] for r in runs]
+                row[k] = {"best": min(vals), "median": statistics.median(vals), "first": vals[0]}
+            row["accuracy"] = runs[0]["accuracy"]
+            rows.append(row)
     print(json.dumps(rows))
     return 0
 
@@ -110,6 +120,8 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--pca", type=int, nargs="*", default=[0, 128, 256], help="0 = no PCA")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--paths", nargs="*", choices=["indexed", "gathered"], default=["indexed", "gathered"],
+                    help="input paths to time: per-image table + pair_index, or gathered (P, D) pair sides")
     ap.add_argument("--blas-threads", nargs="*", default=["default", "1"],
                     help="run every setting with these OPENBLAS/OMP thread counts ('default' = leave unset)")
     ap.add_argument("--note", default="", help="free text for the report, e.g. what changed since the last run")
@@ -133,12 +145,12 @@ def main() -> int:
             if threads != "default":
                 env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             cmd = [sys.executable, __file__, "--child", "--features", str(feats), "--repeats", str(args.repeats),
-                   "--pca", *map(str, args.pca)]
+                   "--pca", *map(str, args.pca), "--paths", *args.paths]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
             for row in json.loads(out.strip().splitlines()[-1]):
                 row["blas_threads"] = threads
                 rows.append(row)
-                print(f"threads={threads} pca={row['pca_dim'] or 'none'}: total best {row['total']['best']:.3f} s, "
+                print(f"threads={threads} pca={row['pca_dim'] or 'none'} {row['path']}: total best {row['total']['best']:.3f} s, "
                       f"median {row['total']['median']:.3f} s, first {row['total']['first']:.3f} s "
                       f"(evaluate {row['evaluate']['median']:.3f} s), accuracy {row['accuracy']:.4f}", flush=True)
         t0 = time.perf_counter()
@@ -167,16 +179,18 @@ def main() -> int:
         f"Load before: `{load_before}`; after: `{result['load_after']}`.",
         *(["", f"Note: {args.note}"] if args.note else []),
         "",
-        "| BLAS threads | PCA | load | parse | gather | evaluate | total (best) | total (median) | total (first) "
-        "| accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| BLAS threads | PCA | input | load | parse | gather | evaluate | total (best) | total (median) "
+        "| total (first) | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        md.append(f"| {r['blas_threads']} | {r['pca_dim'] or 'none'} | {r['load']['median']:.3f} | "
+        md.append(f"| {r['blas_threads']} | {r['pca_dim'] or 'none'} | {r['path']} | {r['load']['median']:.3f} | "
                   f"{r['parse']['median']:.3f} | {r['gather']['median']:.3f} | {r['evaluate']['median']:.3f} | "
                   f"{r['total']['best']:.3f} | {r['total']['median']:.3f} | {r['total']['first']:.3f} | "
                   f"{r['accuracy']:.4f} |")
-    md += ["", f"Whole `centerloss eval lfw` command (new interpreter, torch import, report.json/md, two plots, "
+    md += ["", "Input: `indexed` = per-image table + `pair_index` (each distinct image projected once; what the "
+           "CLI uses), `gathered` = the (P, D) pair sides.",
+           "", f"Whole `centerloss eval lfw` command (new interpreter, torch import, report.json/md, two plots, "
            f"no PCA, default threads): {cli_s:.2f} s.", ""]
     (OUT / "lfw_eval.md").write_text("\n".join(md))
     print(f"wrote {OUT / 'lfw_eval.md'}")

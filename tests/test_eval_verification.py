@@ -235,3 +235,59 @@ def test_subset_of_folds_and_bad_inputs():
     d = r.to_dict()
     assert {"accuracy_mean", "accuracy_std", "auc", "eer", "tar_at_far"} <= set(d)
     assert set(d["tar_at_far"]) == {"0.001", "0.01"}
+
+
+def _indexed_pairs(n_images=150, n_folds=5, per=80, d=24, seed=3):
+    """A per-image table (with spare rows no pair uses) and pairs that reuse images heavily (~5 uses each; image
+    0 in every fold's first pair), so counting an image once instead of once per use would change the mean."""
+    rng = np.random.default_rng(seed)
+    person = rng.integers(0, 30, size=n_images)
+    table = (rng.normal(size=(30, d))[person] + 0.8 * rng.normal(size=(n_images, d)) + 0.5).astype(np.float32)
+    table = np.vstack([table, 9.0 * np.ones((7, d), np.float32)])  # unused rows
+    p = n_folds * per
+    ia = rng.integers(0, n_images, size=p)
+    ib = rng.integers(0, n_images, size=p)
+    same = np.arange(p) % 2 == 0
+    for i in np.flatnonzero(same):  # genuine: another image of the same person
+        ib[i] = rng.choice(np.flatnonzero(person == person[ia[i]]))
+    y = person[ia] == person[ib]
+    folds = np.repeat(np.arange(n_folds), per)
+    ia[::per] = 0
+    return table, ia, ib, y, folds
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("pca_dim", [None, 6])
+def test_pair_index_fast_path_matches_gathered_features(pca_dim, dtype):
+    """pair_index projects each distinct image once; the result must be the plain call's on the gathered
+    features. Without PCA nothing is projected, so bit-identical (this also pins the mean's weighting: one
+    count per pair side). With PCA the mean and basis are bit-identical too and only the product's BLAS
+    rounding may differ (a row can round differently in a matrix of another size)."""
+    table, ia, ib, y, folds = _indexed_pairs()
+    table = table.astype(dtype)
+    plain = evaluate_pairs(table[ia], table[ib], y, folds, pca_dim=pca_dim)
+    fast = evaluate_pairs(table, None, y, folds, pca_dim=pca_dim, pair_index=(ia, ib))
+    np.testing.assert_array_equal(fast.fold_accuracies, plain.fold_accuracies)
+    if pca_dim is None:
+        np.testing.assert_array_equal(fast.scores, plain.scores)
+        np.testing.assert_array_equal(fast.fold_thresholds, plain.fold_thresholds)
+    else:
+        atol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(fast.scores, plain.scores, rtol=0, atol=atol)
+        np.testing.assert_allclose(fast.fold_thresholds, plain.fold_thresholds, rtol=0, atol=atol)
+    assert 0.6 < plain.accuracy_mean < 0.99  # thresholds matter
+    assert fast.auc == plain.auc and fast.to_dict().keys() == plain.to_dict().keys()
+
+
+def test_pair_index_bad_inputs():
+    table, ia, ib, y, folds = _indexed_pairs()
+    with pytest.raises(DataError, match="features_b=None"):
+        evaluate_pairs(table, table, y, folds, pair_index=(ia, ib))
+    with pytest.raises(DataError, match="outside the table"):
+        evaluate_pairs(table, None, y, folds, pair_index=(ia, ib + table.shape[0]))
+    with pytest.raises(DataError, match="integer arrays"):
+        evaluate_pairs(table, None, y, folds, pair_index=(ia.astype(float), ib))
+    with pytest.raises(DataError, match="features_b is None"):
+        evaluate_pairs(table[ia], None, y, folds)
+    with pytest.raises(DataError, match="issame"):
+        evaluate_pairs(table, None, y[1:], folds, pair_index=(ia, ib))

@@ -243,17 +243,18 @@ def _fars(args: argparse.Namespace, default: tuple[float, ...]) -> tuple[float, 
 
 
 def _run_verification(fa, fb, issame, fold_ids, args: argparse.Namespace, title: str, inputs: dict[str, Any],
-                      subfolds: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Evaluate (plus the plain-cosine threshold for `verify`), write the report, print a summary."""
+                      subfolds: int | None = None, seed: int = 0, pair_index=None) -> dict[str, Any]:
+    """Evaluate (plus the plain-cosine threshold for `verify`), write the report, print a summary.
+    ``pair_index``: as in :func:`evaluate_pairs` (then ``fa`` is the per-image table and ``fb`` None)."""
     from .report import write_verification_report
     from .verification import evaluate_pairs
 
     t0 = time.perf_counter()
     fars = _fars(args, (1e-3, 1e-2))
     res = evaluate_pairs(fa, fb, issame, fold_ids, pca_dim=args.pca_dim, center=not args.no_center,
-                         subfolds=subfolds, seed=seed, fars=fars)
+                         subfolds=subfolds, seed=seed, fars=fars, pair_index=pair_index)
     plain = res if (args.no_center and args.pca_dim is None) else evaluate_pairs(
-        fa, fb, issame, fold_ids, center=False, subfolds=subfolds, seed=seed, fars=fars)
+        fa, fb, issame, fold_ids, center=False, subfolds=subfolds, seed=seed, fars=fars, pair_index=pair_index)
     extra = {"verify_threshold": {
         "value": float(plain.fold_thresholds.mean()),
         "accuracy_mean": plain.accuracy_mean,
@@ -301,10 +302,9 @@ def _eval_lfw(args: argparse.Namespace) -> int:
         save_features(Path(args.out) / "features.npz", paths, feats,
                       {"model": str(args.model), "combine": args.combine})
         inputs.update(model=str(args.model), images=str(args.images), combine=args.combine)
-    fa, fb = pairs.gather(paths, feats)
     inputs["feature_dim"] = int(feats.shape[1])
-    _run_verification(fa, fb, pairs.issame, pairs.fold_ids, args, "LFW verification", inputs,
-                      subfolds=args.subfolds, seed=args.seed)
+    _run_verification(feats, None, pairs.issame, pairs.fold_ids, args, "LFW verification", inputs,
+                      subfolds=args.subfolds, seed=args.seed, pair_index=pairs.indices(paths))
     return 0
 
 

@@ -75,6 +75,12 @@ class PairList:
 
     def gather(self, paths: Sequence[str], features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Look the pairs' items up in a features table; returns ``(features_a, features_b)``, each (P, D)."""
+        ia, ib = self.indices(paths)
+        return features[ia], features[ib]
+
+    def indices(self, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the pairs' items in a features table with these ``paths``: ``(index_a, index_b)``, (P,)
+        each -- the ``pair_index`` of :func:`~centerloss.eval.verification.evaluate_pairs`."""
         index = {p: i for i, p in enumerate(paths)}
         miss = [p for p in self.items() if p not in index]
         if miss:
@@ -82,7 +88,7 @@ class PairList:
                             f"e.g. {', '.join(miss[:5])} (paths must be relative like Name/Name_0001.jpg)")
         ia = np.fromiter((index[p] for p in self.left), dtype=np.int64, count=len(self))
         ib = np.fromiter((index[p] for p in self.right), dtype=np.int64, count=len(self))
-        return features[ia], features[ib]
+        return ia, ib
 
 
 def _int_field(tok: str, what: str, where: str) -> int:

@@ -108,3 +108,9 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "shipped presets" in capsys.readouterr().err
     assert main(["mnist", "--set", "no_such_key=1"]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_config_rejects_bad_values_before_loading_data():
+    for bad in ({"alpha": 2.0}, {"iterations": 0}, {"lambdas": [-1.0]}, {"lr": 0.0}, {"center_update": "sgd"}):
+        with pytest.raises(ValueError):
+            MnistConfig(**bad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import CenterLossError
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CenterLossError, FileNotFoundError, KeyError) as e:
-        # Wrong input, missing files, unknown preset/config keys: a message, not a traceback.
+    except (CenterLossError, FileNotFoundError, KeyError, ValueError) as e:
+        # Wrong input, missing files, bad preset/config values: a message, not a traceback
+        # (set CENTERLOSS_DEBUG=1 to see the traceback).
+        if os.environ.get("CENTERLOSS_DEBUG"):
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"centerloss {args.command}: error: {msg}", file=sys.stderr)
         return 2

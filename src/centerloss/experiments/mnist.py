@@ -49,6 +49,19 @@ class MnistConfig:
     data_dir: str | None = None  # None: see centerloss.data.mnist.candidate_dirs()
 
 
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ValueError(f"iterations and batch_size must be >= 1, got {self.iterations}, {self.batch_size}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1] (Eq. 4), got {self.alpha}")
+        if not self.lambdas or any(not lam >= 0 for lam in self.lambdas):
+            raise ValueError(f"lambdas must be a non-empty list of numbers >= 0, got {self.lambdas}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.center_update not in ("paper", "learnable"):
+            raise ValueError(f"center_update must be 'paper' or 'learnable', got {self.center_update!r}")
+
+
 @dataclass
 class RunResult:
     lam: float

@@ -234,3 +234,22 @@ def test_no_face_and_bad_input(det):
         MTCNN(min_face_size=5)
     assert det.scales(250, 250)[0] == pytest.approx(12 / 40)
     assert 12 <= 250 * det.scales(250, 250)[-1] < 12 / 0.709
+
+
+def test_weight_files_are_checked_before_unpickling(tmp_path):
+    """joblib files are pickles: anything but the known mtcnn==1.0.0 bytes is refused unread."""
+    import pickle
+
+    from centerloss.errors import DataError
+
+    marker = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for n in ("pnet", "rnet", "onet"):
+        (tmp_path / f"{n}.lz4").write_bytes(pickle.dumps(Hostile()))
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        _load_arrays(str(tmp_path))
+    assert not marker.exists()

@@ -157,13 +157,31 @@ def _state_dict(name: str, arrs: list[np.ndarray]) -> dict[str, Tensor]:
     return sd
 
 
+#: sha256 of the weight files shipped in the mtcnn==1.0.0 wheel. joblib files are pickles, so a file is only
+#: unpickled after its bytes are proven to be these exact, known files.
+WEIGHT_SHA256 = {
+    "pnet": "ea6b0c3e685ebee3165326ad6484acc95f2ef78f1c94fbf40a55704fa989f7b5",
+    "rnet": "cb00e6460f3c98b0bfafaba3c0a0ded4bdf6e62cee7174d969e8670d7e757fee",
+    "onet": "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
+}
+
+
 @lru_cache(maxsize=1)
 def _load_arrays(folder: str) -> dict[str, list[np.ndarray]]:
+    import hashlib
+
     import joblib  # a dependency of this package; imported lazily as only the aligner needs it
 
     out = {}
     for n in ("pnet", "rnet", "onet"):
         path = Path(folder) / f"{n}.lz4"
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise DataError(f"cannot read MTCNN weights {path}: {e}") from e
+        if digest != WEIGHT_SHA256[n]:
+            raise DataError(f"{path} is not the mtcnn==1.0.0 weight file (sha256 {digest[:16]}...); "
+                            "refusing to unpickle it. Install mtcnn==1.0.0.")
         try:
             arrs = joblib.load(path)
         except Exception as e:  # joblib/lz4 raise assorted errors on damaged files

@@ -252,3 +252,27 @@ def test_recordio_and_identity_filters_through_the_engine(faces, tmp_path) -> No
     ds = build_dataset(tiny_cfg(faces, tmp_path / "x", **{"data.file_list": str(tmp_path / "list.txt"),
                                                           "data.min_images": 2}))
     assert ds.classes == ["id2"] and len(ds) == 2
+
+
+def test_nan_gradients_stop_before_the_optimizer_step(faces, tmp_path) -> None:
+    run = tmp_path / "nangrad"
+
+    def poison_grads(trainer, row):  # finite loss, NaN gradients from the next backward on
+        if trainer.step == 3:
+            next(trainer.net.parameters()).register_hook(lambda g: g * float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradients at step 3.*step_00000002"):
+        Trainer(tiny_cfg(faces, run), callbacks=[poison_grads]).fit()
+    net, _ = load_model(ck.read_checkpoint(run).path / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_resume_refuses_a_changed_dataset(faces, tmp_path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_cfg(faces, run, **{"optim.epochs": 1})
+    Trainer(cfg).fit()
+    grown = tmp_path / "grown"
+    shutil.copytree(faces, grown)
+    shutil.copy(grown / "id0" / "id0_0001.png", grown / "id0" / "id0_0099.png")  # same identities, one more image
+    with pytest.raises(DataError, match="trained on 24 images"):
+        Trainer(apply(cfg, {"runtime.resume": "auto", "optim.epochs": 2, "data.root": str(grown)})).fit()

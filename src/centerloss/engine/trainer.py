@@ -282,6 +282,15 @@ class Trainer:
         self.steps_per_epoch = (n // w) // self.local_batch
         if self.steps_per_epoch < 1:
             raise DataError(f"the training set has {n} images, fewer than one global batch of {cfg.data.batch_size}")
+        if self.resume_from is not None:  # same identities is not enough: the batches must be the same too
+            st = self.resume_from.state
+            saved_n = st.get("sampler", {}).get("num_samples")
+            if saved_n is not None and saved_n != n:
+                raise DataError(f"cannot resume {self.resume_from.path}: it was trained on {saved_n} images, the "
+                                f"dataset now has {n}; an exact resume needs the same files")
+            if st.get("steps_per_epoch") not in (None, self.steps_per_epoch):
+                raise DataError(f"cannot resume {self.resume_from.path}: {st['steps_per_epoch']} steps per epoch "
+                                f"then, {self.steps_per_epoch} now (batch size or world size changed)")
         o = cfg.optim
         self.max_steps = o.epochs * self.steps_per_epoch if o.epochs > 0 else o.max_steps
         mult = self.steps_per_epoch if o.milestone_unit == "epoch" else 1
@@ -478,6 +487,13 @@ class Trainer:
             if o.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(list(_unwrap(self.train_step).parameters()), o.grad_clip)
+            if not self.scaler.is_enabled():  # (fp16's GradScaler already skips steps with inf/NaN gradients)
+                grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+                finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
+                if not all_true(finite, info):
+                    raise NonFiniteLossError(
+                        f"non-finite gradients at {where} (loss {out.loss.item():.4g}); training stopped before "
+                        f"the optimizer step. {self._last_good()} Lower optim.lr or loss.lam, or set optim.grad_clip.")
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1

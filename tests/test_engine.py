@@ -276,3 +276,13 @@ def test_resume_refuses_a_changed_dataset(faces, tmp_path) -> None:
     shutil.copy(grown / "id0" / "id0_0001.png", grown / "id0" / "id0_0099.png")  # same identities, one more image
     with pytest.raises(DataError, match="trained on 24 images"):
         Trainer(apply(cfg, {"runtime.resume": "auto", "optim.epochs": 2, "data.root": str(grown)})).fit()
+
+
+def test_truncated_checkpoint_file_gives_a_clear_error(faces, tmp_path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_cfg(faces, run, **{"optim.epochs": 1})
+    Trainer(cfg).fit()
+    last = ck.read_checkpoint(run).path / "optimizer.safetensors"
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(DataError, match="unreadable"):
+        Trainer(apply(cfg, {"runtime.resume": "auto", "optim.epochs": 2})).fit()

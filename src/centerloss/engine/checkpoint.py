@@ -120,6 +120,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -148,6 +156,8 @@ def save_checkpoint(ckpt_root: str | os.PathLike[str], step: int, *, net: nn.Mod
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     full = {"format": FORMAT, "step": step, **state, "optimizer": opt_meta}
     (tmp / "state.json").write_text(json.dumps(full), encoding="utf-8")
+    for f in tmp.iterdir():  # file contents reach the disk before the rename publishes them
+        _fsync_file(f)
     _fsync_dir(tmp)
     _replace_dir(tmp, final)
     _fsync_dir(root)
@@ -217,11 +227,18 @@ def restore(ckpt: Checkpoint, *, net: nn.Module, objective: nn.Module, optimizer
             device: torch.device) -> None:
     """Load a checkpoint's tensors into already-built modules and optimizer (strict: every key must match)."""
     p = ckpt.path
+
+    def _load(fname: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(p / fname), device=str(device))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise DataError(f"checkpoint file {p / fname} is unreadable ({e}); resume from an older one") from e
+
     for module, fname in ((net, "model.safetensors"), (objective, "objective.safetensors")):
-        sd = load_file(str(p / fname), device=str(device))
+        sd = _load(fname)
         missing, unexpected = module.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise DataError(f"{p / fname} does not fit the configured {type(module).__name__}: missing {missing}, "
                             f"unexpected {unexpected}")
-    tensors = load_file(str(p / "optimizer.safetensors"), device=str(device))
+    tensors = _load("optimizer.safetensors")
     optimizer_from_flat(optimizer, tensors, ckpt.state["optimizer"])

@@ -427,17 +427,17 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        self._setup()
+        det_before = torch.are_deterministic_algorithms_enabled()
         try:
+            self._setup()
             return self._fit()
-        finally:
-            if self.info.is_main:
-                self.log.close()
-                self.vlog.close()
-                self.tb.close()
-            if self.cfg.runtime.deterministic:
-                torch.use_deterministic_algorithms(self._det_before)
-            cleanup(self.info)
+        finally:  # also when _setup fails half-way: restore global torch state, close what was opened
+            for name in ("log", "vlog", "tb"):
+                if getattr(self, name, None) is not None:
+                    getattr(self, name).close()
+            torch.use_deterministic_algorithms(det_before)
+            if getattr(self, "info", None) is not None:
+                cleanup(self.info)
 
     def _fit(self) -> dict[str, Any]:
         cfg, info, dev = self.cfg, self.info, self.device

@@ -171,6 +171,7 @@ def run_lambda(cfg: MnistConfig, lam: float, out_dir: Path) -> dict:
     from ..models.io import save_model
 
     device = _resolve_device(cfg)
+    det_before = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     else:
@@ -179,7 +180,10 @@ def run_lambda(cfg: MnistConfig, lam: float, out_dir: Path) -> dict:
     train, test = _load_data(cfg)
     name = "softmax" if lam == 0 else f"lambda={lam:g}"
     t0 = time.perf_counter()
-    model, objective, last = train_one(cfg, lam, train, device, desc=name)
+    try:
+        model, objective, last = train_one(cfg, lam, train, device, desc=name)
+    finally:
+        torch.use_deterministic_algorithms(det_before)
     secs = time.perf_counter() - t0
     f_test = extract(model, test.images)
     f_train = extract(model, train.images[: cfg.train_eval_images])

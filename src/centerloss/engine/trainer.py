@@ -276,6 +276,10 @@ class Trainer:
             raise DataError(f"the label map of {self.resume_from.path} differs from the dataset's "
                             f"({len(self.resume_from.state.get('classes', []))} vs {len(self.classes)} identities)")
         w = info.world_size
+        for key, val in (("data.batch_size", cfg.data.batch_size), ("runtime.log_every", cfg.runtime.log_every),
+                         ("runtime.ckpt_every", cfg.runtime.ckpt_every)):
+            if val < 1:
+                raise ValueError(f"{key} must be >= 1, got {val}")
         if cfg.data.batch_size % w:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the world size {w}")
         self.local_batch = cfg.data.batch_size // w

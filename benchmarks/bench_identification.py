@@ -31,16 +31,10 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _machine import uptime
 
 OUT = Path(__file__).resolve().parent / "results"
 CHUNK = 65536
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _rss_now_mb() -> float:
@@ -145,13 +139,13 @@ def main() -> int:
 
     OUT.mkdir(parents=True, exist_ok=True)
     runs = []
-    load_before = _uptime()
+    load_before = uptime()
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
             cmd = [sys.executable, __file__, "--child", "--backend", backend, "--tmp", tmp,
                    "--distractors", str(args.distractors), "--dim", str(args.dim), "--people", str(args.people),
                    "--per-person", str(args.per_person)] + (["--memmap"] if args.memmap else [])
-            load = _uptime()
+            load = uptime()
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -176,7 +170,7 @@ def main() -> int:
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "mem_total_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30},
         "load_before": load_before,
-        "load_after": _uptime(),
+        "load_after": uptime(),
     }
     (OUT / "identification.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import uptime
 
 from centerloss.eval.features import load_features, save_features
 from centerloss.eval.protocols import read_lfw_pairs
@@ -46,13 +47,6 @@ from centerloss.eval.verification import evaluate_pairs
 
 DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def _load() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _cpu() -> str:
@@ -135,7 +129,7 @@ def main() -> int:
         print(f"missing {pairs_path}", file=sys.stderr)
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
-    load_before = _load()
+    load_before = uptime()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         feats = Path(tmp) / "lfw_feats.npz"
@@ -167,7 +161,7 @@ def main() -> int:
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__},
         "load_before": load_before,
-        "load_after": _load(),
+        "load_after": uptime(),
         "note": args.note,
     }
     (OUT / "lfw_eval.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from centerloss import CenterLoss, ContrastiveLoss, JointLoss, TripletLoss, contrastive_loss, triplet_loss
-from centerloss.losses import LOSSES
+from centerloss.losses import AUX, HEADS
 
 
 def batch(dtype=torch.float64, b=10, d=3, k=3, seed=0):
@@ -104,7 +104,7 @@ def test_joint_loss_is_softmax_plus_lambda_aux():
     center = CenterLoss(5, 4, alpha=0.5)
     j = JointLoss(4, 5, aux=center, lam=0.1)
     out = j(x, y)
-    l_s = torch.nn.functional.cross_entropy(j.classifier(x), y)
+    l_s = torch.nn.functional.cross_entropy(x @ j.head.weight.t() + j.head.bias, y)
     torch.testing.assert_close(out.softmax, l_s)
     l_c = 0.5 * (x - torch.zeros(5, 4)[y]).pow(2).sum(1).mean()  # Eq. 2 / B with the initial (zero) centers
     torch.testing.assert_close(out.aux, l_c)
@@ -114,11 +114,15 @@ def test_joint_loss_is_softmax_plus_lambda_aux():
     assert a.aux.item() == 0.0 and torch.equal(a.loss, a.softmax)
 
 
-def test_loss_registry():
-    assert set(LOSSES.names()) >= {"center", "contrastive", "triplet"}
-    assert isinstance(LOSSES.create("center", num_classes=3, feat_dim=2), CenterLoss)
-    with pytest.raises(KeyError, match="unknown loss"):
-        LOSSES.create("arcface")
+def test_registries_build_every_part_from_name_and_kwargs():
+    assert set(AUX.names()) >= {"center", "contrastive", "triplet"}
+    c = AUX.create("center", num_classes=3, feat_dim=2, alpha=0.25)
+    assert isinstance(c, CenterLoss) and c.alpha == 0.25 and tuple(c.centers.shape) == (3, 2)
+    assert "linear" in HEADS.names()
+    h = HEADS.create("linear", feat_dim=2, num_classes=3, bias=False)
+    assert tuple(h.weight.shape) == (3, 2) and h.bias is None
+    with pytest.raises(KeyError, match="unknown aux loss 'arcface'"):
+        AUX.create("arcface")
 
 
 def test_joint_loss_validates_before_cross_entropy():

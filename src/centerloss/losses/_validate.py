@@ -7,8 +7,13 @@ from torch import Tensor
 
 
 def check_batch(features: Tensor, labels: Tensor, feat_dim: int | None = None, num_classes: int | None = None,
-                check_finite: bool = True) -> None:
-    """Raise a clear error for malformed ``(features (B, d), labels (B,))``."""
+                check_finite: bool = True, values: bool = True) -> None:
+    """Raise a clear error for malformed ``(features (B, d), labels (B,))``.
+
+    Shapes and dtypes are checked from metadata (free). ``values=True`` also checks the label range and
+    (``check_finite``) NaN/Inf, with one device-to-host sync; the engine passes ``values=False`` and validates
+    the labels once per dataset instead.
+    """
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
         raise TypeError("features and labels must be torch.Tensors")
     if not features.is_floating_point():
@@ -25,6 +30,10 @@ def check_batch(features: Tensor, labels: Tensor, feat_dim: int | None = None, n
         raise ValueError(f"batch size mismatch: {features.shape[0]} features but {labels.shape[0]} labels")
     if features.shape[0] == 0:
         raise ValueError("empty batch: features and labels have zero rows")
+    if features.shape[1] == 0:
+        raise ValueError("features have zero width (shape (B, 0))")
+    if not values:
+        return
     # One host sync for all value checks (each .item() stalls a GPU pipeline); details only on failure.
     bad = torch.zeros((), dtype=torch.bool, device=labels.device)
     if num_classes is not None:

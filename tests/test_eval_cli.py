@@ -19,6 +19,8 @@ from torch import nn
 from centerloss.data.transforms import hflip, to_tensor
 from centerloss.errors import DataError
 from centerloss.eval import cli as eval_cli
+from centerloss.face import cli as face_cli
+from centerloss.face import cli as face_cli
 from centerloss.eval.features import (
     embed_images,
     extract_features,
@@ -56,7 +58,9 @@ def _model(seed: int = 0) -> nn.Module:
 def _run(argv: list[str]) -> int:
     """Dispatch through a parser holding only this package's commands (independent of other subcommands)."""
     parser = argparse.ArgumentParser(prog="centerloss")
-    eval_cli.register(parser.add_subparsers(dest="command"))
+    sub = parser.add_subparsers(dest="command")
+    eval_cli.register(sub)
+    face_cli.register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

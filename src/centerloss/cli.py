@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "centerloss.experiments.lfw",
     "centerloss.align.cli",
     "centerloss.eval.cli",
+    "centerloss.face.cli",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,1 @@
+"""Face tools: raw photos in, answers out (verify, embed, gallery, identify, ONNX export)."""

@@ -21,6 +21,7 @@ from .center import CenterLoss, center_deltas, center_loss, center_step, center_
 from .contrastive import ContrastiveLoss, contrastive_loss
 from .heads import HEADS, HeadOutput, LinearHead, register_head
 from .joint import JointLoss, JointOutput
+from .margins import ArcFaceHead, CosFaceHead, NormFaceHead, SphereFaceHead  # registers the margin heads
 from .triplet import TripletLoss, triplet_loss
 
 AUX: Registry[nn.Module] = Registry("aux loss")
@@ -43,13 +44,17 @@ def _triplet(feat_dim: int, num_classes: int, **kwargs: Any) -> TripletLoss:
 
 __all__ = [
     "AUX",
+    "ArcFaceHead",
     "HEADS",
     "CenterLoss",
     "ContrastiveLoss",
+    "CosFaceHead",
     "HeadOutput",
     "JointLoss",
     "JointOutput",
     "LinearHead",
+    "NormFaceHead",
+    "SphereFaceHead",
     "TripletLoss",
     "center_deltas",
     "center_loss",

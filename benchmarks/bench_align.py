@@ -30,8 +30,8 @@ def _data_dir() -> Path:
 def _detector_stages(files: list[Path], min_face: float) -> dict:
     import torch
 
-    from centerloss.align.imageio import read_rgb
     from centerloss.align.mtcnn import MTCNN
+    from centerloss.utils.images import decode_image as read_rgb  # (rgb, note), like the old align reader
 
     torch.set_num_threads(1)
     det = MTCNN(min_face_size=min_face)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from centerloss.align import boxes as B
-from centerloss.align.imageio import read_rgb
 from centerloss.align.mtcnn import MTCNN
 from centerloss.align.nets import _load_arrays, load_pretrained, weights_dir
+from centerloss.utils.images import decode_image
 
 
 def _data_dir() -> Path:
@@ -39,7 +39,7 @@ def det() -> MTCNN:
 def lfw_images() -> list[np.ndarray]:
     if not LFW.is_dir():
         pytest.skip(f"LFW not found at {LFW}")
-    return [read_rgb(LFW / s)[0] for s in SAMPLES]
+    return [decode_image(LFW / s)[0] for s in SAMPLES]
 
 
 # ------------------------------------------------------------------ weights: Keras semantics in numpy

@@ -184,11 +184,107 @@ def test_half_features_cpu():
 
 def test_cost_does_not_touch_absent_rows_at_one_million_classes():
     m = CenterLoss(1_000_000, 8)
-    x = torch.randn(32, 8)
-    y = torch.randint(0, 1_000_000, (32,))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    y = torch.cat([torch.randint(0, 1_000_000, (28,), generator=g), torch.tensor([7, 7, 7, 999_999])])
     m(x, y)
-    moved = (m.centers != 0).any(1).nonzero().flatten()
-    assert set(moved.tolist()) <= set(y.tolist())
+    moved = set((m.centers != 0).any(1).nonzero().flatten().tolist())
+    assert moved == set(y.tolist())  # exactly the batch's classes moved ...
+    rows = torch.tensor(sorted(moved))
+    expected = torch.zeros(len(rows), 8, dtype=torch.float64)
+    for k, j in enumerate(rows.tolist()):  # ... by Eq. 4 from zero centers: c_j = alpha * sum x_i / (1 + n_j)
+        sel = x.double()[y == j]
+        expected[k] = 0.5 * sel.sum(0) / (1 + sel.shape[0])
+    torch.testing.assert_close(m.centers[rows].double(), expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the engine's sync-free path
+
+
+def test_unvalidated_path_equals_validated_and_refuses_nan_on_the_device():
+    x, y, c0 = make_batch(torch.float32)
+    a, b = make_module(c0), make_module(c0, validate=False)
+    torch.testing.assert_close(a(x, y), b(x, y))
+    torch.testing.assert_close(a.centers, b.centers, rtol=1e-6, atol=1e-6)
+    before = b.centers.clone()
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    loss = b(bad, y)  # no exception and no host sync: the loss is NaN (the engine's guard sees it) ...
+    assert not torch.isfinite(loss)
+    assert torch.equal(b.centers, before)  # ... and no center moved
+
+
+def test_folded_step_sums_to_the_same_update():
+    from centerloss.losses import center_step
+
+    x, y, c0 = make_batch(torch.float64)
+    plain, folded = center_step(x, y, c0), center_step(x, y, c0, fold=True)
+    a = c0.clone().index_add_(0, y, plain, alpha=-0.5)
+    b = c0.clone().index_add_(0, y, folded, alpha=-0.5)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, slow_update(x, y, c0, 0.5))
+    firsts = {int(y[i]) for i in range(len(y)) if (folded[i] != 0).any()}
+    assert firsts == set(y.tolist()) and int(((folded != 0).any(1)).sum()) == len(set(y.tolist()))
+
+
+# ------------------------------------------------------------------ caffe-face's update, against its own rule
+
+
+def caffe_center_grad(x, y, c):
+    """caffe-face's CenterLossLayer::Backward, one class at a time: sum_{y_i=j}(c_j - x_i) / (1 + n_j), no alpha."""
+    g = torch.zeros_like(c)
+    for j in range(c.shape[0]):
+        members = [i for i in range(x.shape[0]) if int(y[i]) == j]
+        for i in members:
+            g[j] += c[j] - x[i]
+        g[j] /= 1 + len(members)
+    return g
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 1.0])
+def test_caffe_mode_gradient_is_eq4_delta_without_alpha_or_lambda(lam):
+    from centerloss import JointLoss
+
+    x, y, c0 = make_batch(torch.float64)
+    m = make_module(c0, update="caffe")
+    assert isinstance(m.centers, torch.nn.Parameter) and m.optim_overrides == {"lr_mult": 1.0, "decay_mult": 2.0}
+    j = JointLoss(5, 7, aux=m, lam=lam).double()
+    x = x.requires_grad_()
+    out = j(x, y)
+    assert torch.equal(m.centers.detach(), c0)  # the forward pass leaves them alone
+    out.loss.backward()
+    torch.testing.assert_close(m.centers.grad, caffe_center_grad(x.detach(), y, c0))
+    # the features still get Eq. 3, scaled by lambda (mean reduction: / B)
+    j2 = JointLoss(5, 7, lam=0.0).double()
+    j2.load_state_dict({k: v for k, v in j.state_dict().items() if k.startswith("head.")}, strict=False)
+    x2 = x.detach().clone().requires_grad_()
+    j2(x2, y).loss.backward()
+    torch.testing.assert_close(x.grad - x2.grad, lam * (x.detach() - c0[y]) / x.shape[0])
+
+
+def test_caffe_mode_with_the_solver_matches_a_slow_solver_loop():
+    """caffe's solver on the centers: V = momentum V + (diff + 2 wd c); c -= lr V (PyTorch's SGD form), 3 steps."""
+    lr, mom, wd = 0.1, 0.9, 5e-4
+    m = make_module(torch.zeros(7, 5, dtype=torch.float64), update="caffe")
+    opt = torch.optim.SGD([m.centers], lr=lr, momentum=mom, weight_decay=2 * wd)
+    c, v = torch.zeros(7, 5, dtype=torch.float64), torch.zeros(7, 5, dtype=torch.float64)
+    for seed in range(3):
+        x, y, _ = make_batch(torch.float64, seed=seed)
+        opt.zero_grad()
+        m(x, y).backward()
+        opt.step()
+        g = caffe_center_grad(x, y, c) + 2 * wd * c
+        v = g if seed == 0 else mom * v + g
+        c = c - lr * v
+    torch.testing.assert_close(m.centers.detach(), c)
+
+
+def test_caffe_mode_eval_and_no_grad_leave_everything_alone():
+    x, y, c0 = make_batch(torch.float64)
+    m = make_module(c0, update="caffe").eval()
+    loss = m(x.requires_grad_(), y)
+    loss.backward()
+    assert m.centers.grad is None and torch.equal(m.centers.detach(), c0)
 
 
 # ------------------------------------------------------------------ bad input: clear error, centers untouched

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_engine import METRICS, Crash, _crash_at, faces, tiny_cfg  # noqa: F401  (fixture re-export)
+from conftest import tiny_cfg
+from test_engine import METRICS, Crash, _crash_at
 
 from centerloss.engine.config import apply
 from centerloss.engine.logs import read_csv
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_autocast_channels_last_training(faces, tmp_path, amp) -> None:  # noqa: F811
+def test_autocast_channels_last_training(faces, tmp_path, amp) -> None:
     cfg = tiny_cfg(faces, tmp_path / amp, **{"runtime.device": "cuda", "runtime.amp": amp,
                                              "runtime.channels_last": True, "runtime.deterministic": False})
     trainer = Trainer(cfg)
@@ -32,7 +33,26 @@ def test_autocast_channels_last_training(faces, tmp_path, amp) -> None:  # noqa:
     assert state["aux.centers"].abs().sum() > 0
 
 
-def test_exact_resume_on_cuda(faces, tmp_path) -> None:  # noqa: F811
+def test_no_host_sync_on_cuda(faces, tmp_path) -> None:
+    """The steady-state step never blocks the host: torch's own CUDA sync detector, set to error."""
+    cfg = tiny_cfg(faces, tmp_path / "sync", **{"runtime.device": "cuda", "runtime.amp": "bf16",
+                                                "runtime.log_every": 100, "runtime.ckpt_every": 100})
+    t = Trainer(cfg)
+    orig = t.train_step
+
+    def strict(x, y):
+        if t.step >= 1:  # the first step allocates optimizer state
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            orig(x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    t.train_step = strict
+    assert t.fit()["steps"] == 9
+
+
+def test_exact_resume_on_cuda(faces, tmp_path) -> None:
     over = {"runtime.device": "cuda", "runtime.amp": "bf16", "runtime.channels_last": True,
             "runtime.deterministic": True}
     Trainer(tiny_cfg(faces, tmp_path / "ref", **over)).fit()

@@ -1,65 +1,145 @@
-"""A real 2-process gloo DDP run (torch.multiprocessing.spawn, env:// init as under torchrun) matches a
-1-process run on the same global batches, and the centers are bit-identical on every rank."""
+"""Real multi-process gloo runs of the engine (torch.multiprocessing.spawn, env:// as under torchrun):
+
+* the dense head on 2 processes matches 1 process on the same global batches, centers bit-identical;
+* the sharded head (softmax + sharded centers) on 2 processes ends with the same backbone, classifier rows and
+  centers as the dense head in 1 process;
+* a sharded checkpoint resumes exactly on the same world size and re-shards onto another (2 -> 3 processes).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port, tiny_cfg
 from safetensors.torch import load_file, save_file
-from test_engine import faces, tiny_cfg  # noqa: F401  (fixture re-export)
 
+from centerloss.engine import checkpoint as ck
 from centerloss.engine.config import apply
 from centerloss.engine.logs import read_csv
 from centerloss.engine.trainer import Trainer
+from centerloss.losses.sharded import init_rows
+
+pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
+              pytest.mark.timeout(300)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Crash(RuntimeError):
+    pass
 
 
-def _worker(rank: int, world: int, port: int, cfg, out: str) -> None:
+def _worker(rank: int, world: int, port: int, cfg, out: str, crash_at: int) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
-    trainer = Trainer(cfg)
-    trainer.fit()  # joins through env:// with gloo, tears the group down at the end
+
+    def crash(trainer, row):
+        if trainer.step == crash_at:
+            raise Crash(f"simulated kill after step {crash_at}")
+
+    trainer = Trainer(cfg, callbacks=[crash] if crash_at else [])
+    try:
+        trainer.fit()  # joins through env:// with gloo, tears the group down at the end
+    except Crash:
+        return
     assert not dist.is_initialized()
     state = {f"net.{k}": v for k, v in trainer.net.state_dict().items()}
     state.update({f"obj.{k}": v for k, v in trainer.objective.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"rank{rank}.safetensors"))
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_process_gloo_matches_one_process(faces, tmp_path: Path) -> None:  # noqa: F811
-    over = {"optim.epochs": 2, "runtime.threads": 1, "runtime.ckpt_every": 100, "runtime.log_every": 1}
-    one = tiny_cfg(faces, tmp_path / "one", **over)
-    t1 = Trainer(one)
-    t1.fit()
-    two = apply(tiny_cfg(faces, tmp_path / "two", **over), {})
-    mp.spawn(_worker, args=(2, _free_port(), two, str(tmp_path)), nprocs=2, join=True)
+def _spawn(world: int, cfg, out: Path, crash_at: int = 0) -> list[dict[str, torch.Tensor]]:
+    out.mkdir(parents=True, exist_ok=True)
+    mp.spawn(_worker, args=(world, free_port(), cfg, str(out), crash_at), nprocs=world, join=True)
+    if crash_at:
+        return []
+    return [load_file(str(out / f"rank{r}.safetensors")) for r in range(world)]
 
-    r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
-    # every rank holds the same centers and weights, bit for bit
-    for k in r0:
+
+def _dense_state(t: Trainer) -> dict[str, torch.Tensor]:
+    state = {f"net.{k}": v for k, v in t.net.state_dict().items()}
+    state.update({f"obj.{k}": v for k, v in t.objective.state_dict().items()})
+    return state
+
+
+def test_two_process_gloo_matches_one_process(faces, tmp_path: Path) -> None:
+    over = {"schedule.epochs": 2, "runtime.threads": 1, "runtime.ckpt_every": 100, "runtime.log_every": 1}
+    t1 = Trainer(tiny_cfg(faces, tmp_path / "one", **over))
+    t1.fit()
+    r0, r1 = _spawn(2, tiny_cfg(faces, tmp_path / "two", **over), tmp_path / "two_out")
+    for k in r0:  # every rank holds the same centers and weights, bit for bit
         assert torch.equal(r0[k], r1[k]), k
     assert r0["obj.aux.centers"].abs().sum() > 0
-    # and they match the single-process run on the same global batches up to float rounding
-    ref = {f"net.{k}": v for k, v in t1.net.state_dict().items()}
-    ref.update({f"obj.{k}": v for k, v in t1.objective.state_dict().items()})
-    for k, v in ref.items():
+    for k, v in _dense_state(t1).items():  # and they match the single-process run up to float rounding
         torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
-    # logged metrics are global-batch averages in both runs
     a, b = read_csv(tmp_path / "one" / "train_log.csv"), read_csv(tmp_path / "two" / "train_log.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b, strict=True):
+    for ra, rb in zip(a, b, strict=True):  # logged metrics are global-batch averages in both runs
         for key in ("loss", "softmax", "aux", "accuracy"):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-4, abs=1e-6), (ra["step"], key)
-    assert (tmp_path / "two" / "checkpoints" / "step_00000006" / "state.json").is_file()
+
+
+SHARDED = {"head.name": "sharded", "head.kwargs": {"sample_rate": 1.0, "bias": True}, "data.batch_size": 12,
+           "schedule.epochs": 3, "runtime.threads": 1, "runtime.ckpt_every": 2, "runtime.log_every": 1}
+
+
+class _SameInitAsSharded:
+    """Give a dense run the sharded head's (block-seeded) initial rows, so the two runs start equal."""
+
+    def on_fit_start(self, trainer) -> None:
+        w, b = init_rows(0, trainer.objective.num_classes, trainer.objective.feat_dim, seed=0, bias=True)
+        with torch.no_grad():
+            trainer.objective.head.weight.copy_(w)
+            trainer.objective.head.bias.copy_(b)
+
+
+def _gathered(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in shards[0].items() if k.startswith("net.")}
+    out["obj.classifier.weight"] = torch.cat([s["obj.classifier.weight"] for s in shards])
+    out["obj.classifier.bias"] = torch.cat([s["obj.classifier.bias"] for s in shards])
+    out["obj.centers"] = torch.cat([s["obj.centers"] for s in shards])
+    return out
+
+
+def test_sharded_head_on_two_processes_equals_the_dense_head_on_one(faces, tmp_path: Path) -> None:
+    dense_over = {**SHARDED, "head.name": "linear", "head.kwargs": {"bias": True}}
+    t1 = Trainer(tiny_cfg(faces, tmp_path / "dense", **dense_over), callbacks=[_SameInitAsSharded()])
+    t1.fit()
+    shards = _spawn(2, tiny_cfg(faces, tmp_path / "sharded", **SHARDED), tmp_path / "sh_out")
+    assert [tuple(s["obj.centers"].shape) for s in shards] == [(2, 8), (2, 8)]
+    for k in shards[0]:
+        if k.startswith("net."):  # the backbone is replicated by DDP: identical on every rank
+            assert torch.equal(shards[0][k], shards[1][k]), k
+    got, ref = _gathered(shards), _dense_state(t1)
+    pairs = {**{k: k for k in got if k.startswith("net.")}, "obj.classifier.weight": "obj.head.weight",
+             "obj.classifier.bias": "obj.head.bias", "obj.centers": "obj.aux.centers"}
+    for k, rk in pairs.items():
+        torch.testing.assert_close(got[k], ref[rk], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    ckpt = ck.read_checkpoint(tmp_path / "sharded")
+    assert ckpt.state["shards"] == {"world_size": 2, "class_ranges": [[0, 2], [2, 4]]}
+    assert {"shard_rank0.safetensors", "shard_rank1.safetensors"} <= set(ckpt.state["files"])
+
+
+def test_sharded_checkpoint_resumes_exactly_and_reshards(faces, tmp_path: Path) -> None:
+    ref = _gathered(_spawn(2, tiny_cfg(faces, tmp_path / "ref", **SHARDED), tmp_path / "ref_out"))
+    run = tmp_path / "crashed"
+    cfg = tiny_cfg(faces, run, **SHARDED)
+    _spawn(2, cfg, tmp_path / "crash_out", crash_at=3)  # last checkpoint: step 2
+    assert ck.read_checkpoint(run).step == 2
+    three = tmp_path / "three"
+    shutil.copytree(run, three)
+    same = _gathered(_spawn(2, apply(cfg, {"runtime.resume": "auto"}), tmp_path / "same_out"))
+    for k in ref:  # same world size: bit-identical to the uninterrupted run
+        assert torch.equal(same[k], ref[k]), k
+    cfg3 = apply(cfg, {"runtime.resume": "auto", "runtime.out_dir": str(three)})
+    resharded = _spawn(3, cfg3, tmp_path / "three_out")  # 4 classes over 3 ranks: [0, 2), [2, 3), [3, 4)
+    assert [s["obj.centers"].shape[0] for s in resharded] == [2, 1, 1]
+    got = _gathered(resharded)
+    for k in ref:  # another world size: the same global batches, reduction order differs
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    assert ck.read_checkpoint(three).state["shards"]["class_ranges"] == [[0, 2], [2, 3], [3, 4]]

@@ -14,7 +14,8 @@ import pytest
 from centerloss.errors import DataError
 from centerloss.experiments.lfw import _crop_paths, training_split
 
-DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from conftest import DATA, need
+
 LFW = DATA / "lfw" / "images"
 
 
@@ -28,8 +29,7 @@ def _pseudo_align(src: Path, dst: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mini_lfw(tmp_path_factory):
-    if not LFW.is_dir():
-        pytest.skip(f"LFW not found at {LFW} (set CENTERLOSS_DATA)")
+    need(LFW, "LFW images")
     people = sorted(p.name for p in LFW.iterdir() if p.is_dir() and len(os.listdir(p)) >= 5)[:8]
     root = tmp_path_factory.mktemp("lfw_aligned")
     rows = ["path,detected,score,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5,reason"]
@@ -64,59 +64,92 @@ def test_training_split_is_person_disjoint(mini_lfw) -> None:
         _crop_paths(root, ["Nobody/Nobody_0001.jpg"])
 
 
+TINY = ["train.model.kwargs={embed_dim: 8, width: 4, units: [1, 1, 1]}", "train.data.batch_size=8",
+        "train.data.workers=0", "train.schedule.epochs=2", "train.schedule.kwargs.milestones=[1]",
+        "train.runtime.progress=false", "train.runtime.tensorboard=false", "subfolds=3", "fars=[0.34]"]
+
+
 def test_tiny_end_to_end_experiment(mini_lfw, tmp_path) -> None:
     from centerloss.cli import main
 
     root, pairs, people = mini_lfw
     out = tmp_path / "run"
-    tiny = ["model.kwargs={embed_dim: 8, width: 4, units: [1, 1, 1]}", "data.batch_size=8", "data.workers=0",
-            "optim.epochs=2", "optim.milestones=[1]", "runtime.progress=false", "runtime.tensorboard=false"]
-    rc = main(["lfw-experiment", "--preset", "tiny", "--aligned", str(root), "--pairs", str(pairs), "--out",
-               str(out), "--set", f"train_overrides={json.dumps(tiny)}", "subfolds=3", "fars=[0.34]"])
-    assert rc == 0
+    argv = ["lfw-experiment", "--preset", "tiny", "--aligned", str(root), "--pairs", str(pairs), "--out", str(out),
+            "--set", *TINY]
+    assert main(argv) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["heldout"] == {"folds": [1], "pairs": 6, "identities": 3}
     assert rep["train_split"]["identities"] == 5 and rep["train_split"]["dropped_undetected"] == 1
     train_people = {ln.split("/")[0] for ln in (out / "train_files.txt").read_text().split()}
     assert not train_people & set((out / "heldout_identities.txt").read_text().split())
     for m in ("A", "C"):
-        v = rep["models"][m]["verification"]
+        v = rep["runs"][m]["seeds"]["0"]["verification"]
         assert 0.0 <= v["accuracy_mean"] <= 1.0 and 0.0 <= v["auc"] <= 1.0 and v["n_pairs"] == 6
         assert v["n_folds"] == 3 and "sub-folds" in v["protocol"]
-        t = rep["models"][m]["train"]
+        t = rep["runs"][m]["seeds"]["0"]["train"]
         assert t["steps"] == 2 * (24 // 8) and t["num_classes"] == 5
-        assert (out / m / "model.safetensors").is_file() and (out / f"features_{m}.npz").is_file()
-    assert rep["models"]["C"]["train"]["loss"]["type"] == "center"
-    assert rep["models"]["A"]["train"]["loss"]["type"] == "softmax"
-    d = rep["paired_differences"]["C-A"]
-    assert len(d["per_fold"]) == 3 and d["wins"] + d["ties"] + d["losses"] == 3
-    assert np.isclose(d["mean"], rep["models"]["C"]["verification"]["accuracy_mean"]
-                      - rep["models"]["A"]["verification"]["accuracy_mean"])
+        assert (out / "runs" / m / "seed0" / "model.safetensors").is_file()
+        assert (out / "runs" / m / "seed0" / "features.npz").is_file()
+    assert rep["runs"]["C"]["seeds"]["0"]["train"]["config"]["aux"]["name"] == "center"
+    assert rep["runs"]["A"]["seeds"]["0"]["train"]["config"]["aux"]["name"] == "none"
+    d = rep["paired_vs_baseline"]["C"]
+    assert d["n"] == 3 and d["wins"] + d["ties"] + d["losses"] == 3
+    c, a = (rep["runs"][m]["seeds"]["0"]["verification"]["accuracy_mean"] for m in ("C", "A"))
+    assert np.isclose(d["mean"], c - a)
     md = (out / "report.md").read_text()
-    assert "| A (softmax)" in md and "| C (softmax + center)" in md and "roc.png" in md
+    assert "| A softmax |" in md and "| C softmax + center |" in md and "roc.png" in md
     assert (out / "roc.png").stat().st_size > 1000
-    # a rerun resumes the finished trainings instead of retraining them, and keeps their training record
-    n_rows = len((out / "A" / "train_log.csv").read_text().splitlines())
-    rc = main(["lfw-experiment", "--preset", "tiny", "--aligned", str(root), "--pairs", str(pairs), "--out",
-               str(out), "--set", f"train_overrides={json.dumps(tiny)}", "subfolds=3", "fars=[0.34]"])
-    assert rc == 0
+    # a rerun resumes the finished trainings instead of retraining them, and keeps their records
+    n_rows = len((out / "runs" / "A" / "seed0" / "train_log.csv").read_text().splitlines())
+    assert main(argv) == 0
     again = json.loads((out / "report.json").read_text())
-    assert again["models"]["A"]["train"] == rep["models"]["A"]["train"]
-    assert again["models"]["C"]["verification"]["accuracy_mean"] == rep["models"]["C"]["verification"]["accuracy_mean"]
-    assert len((out / "A" / "train_log.csv").read_text().splitlines()) == n_rows
+    assert again["runs"]["A"]["seeds"]["0"]["train"] == rep["runs"]["A"]["seeds"]["0"]["train"]
+    assert again["runs"]["C"]["summary"] == rep["runs"]["C"]["summary"]
+    assert len((out / "runs" / "A" / "seed0" / "train_log.csv").read_text().splitlines()) == n_rows
+    # the markdown is regenerated from the JSON alone
+    md = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["lfw-experiment", "--render", str(out / "report.json")]) == 0
+    assert (out / "report.md").read_text() == md
+
+
+def test_grids_seeds_and_selection(mini_lfw, tmp_path) -> None:
+    """A sweep (shared points trained once) and a select group (tuned on seed 0, the best rerun on seed 1)."""
+    from centerloss.experiments.lfw import load_config, run_experiment
+
+    root, pairs, _ = mini_lfw
+    extra = {"aligned": str(root), "pairs": str(pairs), "out_dir": str(tmp_path / "g"), "seeds": [0, 1],
+             "runs": {"A": {"preset": "lfw_cpu_A"}, "C01": {"preset": "lfw_cpu_C", "set": {"aux.lam": 0.01}}},
+             "grids": {"lambda": {"preset": "lfw_cpu_C", "key": "aux.lam", "values": [0.001, 0.003]},
+                       "alpha": {"preset": "lfw_cpu_C", "key": "aux.kwargs.alpha", "values": [0.5, 1.0],
+                                 "set": {"aux.lam": 0.01}}},
+             "select": {"arc": ["lambda=0.001", "lambda=0.003"]}, "baseline": "A"}
+    cfg = load_config("tiny", [t for t in TINY if not t.startswith(("subfolds", "fars"))] + ["subfolds=3",
+                                                                                             "fars=[0.34]"], extra)
+    rep = run_experiment(cfg, "test")
+    chosen = rep["chosen"]["arc"]
+    assert chosen in ("lambda=0.001", "lambda=0.003")
+    other = "lambda=0.003" if chosen == "lambda=0.001" else "lambda=0.001"
+    assert rep["runs"][chosen]["summary"]["seeds"] == [0, 1] and rep["runs"][other]["summary"]["seeds"] == [0]
+    folders = {p.name for p in (tmp_path / "g" / "runs").iterdir()}
+    assert "C01" in folders and "alpha=0.5" not in folders  # the same config as C01: trained once, shared
+    assert rep["runs"]["alpha=0.5"]["summary"] == rep["runs"]["C01"]["summary"]
+    assert rep["runs"]["alpha=1"]["summary"]["seeds"] == [0, 1]  # not in a select group: every seed
+    assert (tmp_path / "g" / "fig5_lambda.png").is_file() and (tmp_path / "g" / "fig5_alpha.png").is_file()
+    assert "| arc |" in (tmp_path / "g" / "report.md").read_text()
 
 
 def test_periodic_verification_during_training(mini_lfw, tmp_path) -> None:
-    from test_engine import tiny_cfg
+    from conftest import tiny_cfg
 
     from centerloss.engine.logs import read_csv
     from centerloss.engine.trainer import Trainer
+    from centerloss.eval.callbacks import VerificationCallback
 
     root, pairs, people = mini_lfw
-    cfg = tiny_cfg(root, tmp_path / "v", **{"data.exclude_identities": None, "optim.epochs": 2,
-                                            "verify.pairs": str(pairs), "verify.root": str(root),
-                                            "verify.every": 3, "verify.subfolds": 3})
-    Trainer(cfg).fit()
+    cfg = tiny_cfg(root, tmp_path / "v", **{"schedule.epochs": 2, "verify.pairs": str(pairs),
+                                            "verify.root": str(root), "verify.every": 3, "verify.subfolds": 3})
+    Trainer(cfg, callbacks=[VerificationCallback(cfg.verify, cfg.data.root)]).fit()
     rows = read_csv(tmp_path / "v" / "verify_log.csv")
     assert [int(r["step"]) for r in rows] == [3, 6, 9, 10]  # 40 crops / 8 = 5 steps per epoch: every 3, and the end
     for r in rows:

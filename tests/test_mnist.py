@@ -14,12 +14,12 @@ import torch
 from centerloss.data.mnist import FILES, load_mnist, resolve_mnist_dir
 from centerloss.errors import DataError
 from centerloss.eval.compactness import class_compactness
-from centerloss.experiments.mnist import MnistConfig, run_experiment
+from centerloss.experiments.mnist import load_config, run_experiment
 
-DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from conftest import DATA
+
 MNIST = DATA / "mnist"
-needs_mnist = pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").is_file(),
-                                 reason=f"MNIST not at {MNIST}")
+needs_mnist = pytest.mark.usefixtures("mnist_dir")
 
 
 def test_missing_dir_says_where_to_put_files(tmp_path):
@@ -61,6 +61,30 @@ def test_compactness_metric_on_known_clusters():
     assert class_compactness(f * 1e-3, [0, 0, 1, 1])["compactness"] == pytest.approx(0.1)
 
 
+def test_idx_header_cut_short_wrong_size_and_bad_labels(tmp_path):
+    _write_fake(tmp_path / "hdr")
+    (tmp_path / "hdr" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 2051, 3)))
+    with pytest.raises(DataError, match="too short for an IDX header"):
+        load_mnist(tmp_path / "hdr")
+    d = tmp_path / "size"
+    _write_fake(d)
+    (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 3, 20, 20) + bytes(1200)))
+    with pytest.raises(DataError, match="20x20, MNIST's are 28x28"):
+        load_mnist(d)
+    d = tmp_path / "labels"
+    _write_fake(d)
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 2049, 3) + bytes([1, 12, 3])))
+    with pytest.raises(DataError, match="label 12 at index 1 is outside 0..9"):
+        load_mnist(d)
+
+
+def test_download_offline_is_one_clear_error(tmp_path):
+    from centerloss.data.mnist import download_mnist
+
+    with pytest.raises(DataError, match="cannot download .*offline"):
+        download_mnist(tmp_path / "dl", mirror="http://127.0.0.1:9/")
+
+
 @needs_mnist
 def test_real_data_shapes():
     tr, te = load_mnist(MNIST)
@@ -68,33 +92,56 @@ def test_real_data_shapes():
     assert set(te.labels.unique().tolist()) == set(range(10))
 
 
+def _small(**train) -> dict:
+    """A short run on a subset, through the engine (overrides of the mnist preset)."""
+    t = {"schedule": {"max_steps": 300, "kwargs": {"milestones": [240], "gamma": 0.2}}, "optimizer": {"lr": 0.01},
+         "data": {"batch_size": 64}, "runtime": {"device": "cpu", "progress": False}}
+    for k, v in train.items():
+        t[k] = {**t.get(k, {}), **v}
+    return {"train": t, "train_subset": 4000, "test_subset": 1000, "train_eval_images": 1000, "plot_points": 500,
+            "data_dir": str(MNIST)}
+
+
 @needs_mnist
 def test_center_loss_tightens_classes_on_real_mnist(tmp_path):
     """Paper Sec. 3 claim on a short real run (subset): joint supervision gives tighter classes than softmax."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cfg = MnistConfig(lambdas=[0.0, 0.1], iterations=300, batch_size=64, lr=0.01, lr_steps=[240],
-                      train_subset=4000, test_subset=1000, train_eval_images=1000, plot_points=500,
-                      device="cpu", data_dir=str(MNIST))
+    cfg = load_config("quick", extra={**_small(), "lambdas": [0.0, 0.1]})
     report = run_experiment(cfg, tmp_path, preset="test")
     soft, joint = report["runs"]
     assert soft["lam"] == 0.0 and joint["lam"] == 0.1
     assert soft["test_accuracy"] > 0.5 and joint["test_accuracy"] > 0.5  # both actually learned
-    # deterministic on CPU; measured here: 0.247 (softmax) vs 0.169 (lambda 0.1)
     assert joint["compactness"] < 0.8 * soft["compactness"], (soft["compactness"], joint["compactness"])
     for name in ("report.json", "report.md", "config.yaml", "fig2_softmax.png", "fig3_lambdas.png"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "report.json").read_text())["runs"][1]["compactness"] == joint["compactness"]
-    assert "![softmax features](fig2_softmax.png)" in (tmp_path / "report.md").read_text()
+    assert "![fig2](fig2_softmax.png)" in (tmp_path / "report.md").read_text()
+    # every run trained through the engine: its run folder, log and checkpoint; a rerun resumes (no new steps)
+    assert (tmp_path / "lambda_0.1" / "train_log.csv").is_file()
+    again = run_experiment(cfg, tmp_path, preset="test")
+    for a, b in zip(again["runs"], report["runs"], strict=True):
+        assert (a["test_accuracy"], a["compactness"]) == (b["test_accuracy"], b["compactness"])
 
 
+@needs_mnist
+def test_update_rules_and_center_trajectories(tmp_path):
+    cfg = load_config("updates", extra={**_small(schedule={"max_steps": 60}), "lambdas": [0.1],
+                                        "trajectory_every": 20})
+    report = run_experiment(cfg, tmp_path, preset="updates")
+    assert [r["update"] for r in report["runs"]] == ["paper", "learnable", "caffe"]
+    assert set(report["trajectories"]) == {"0.1/paper", "0.1/learnable", "0.1/caffe"}
+    moved = {k: v["path_length_mean"] for k, v in report["trajectories"].items()}
+    assert all(v > 0 for v in moved.values()), moved
+    assert (tmp_path / "center_trajectories.png").is_file() and (tmp_path / "lambda_0.1_caffe").is_dir()
+
+
+@needs_mnist
 def test_divergence_is_reported_as_non_finite(tmp_path):
     from centerloss.errors import NonFiniteLossError
 
-    cfg = MnistConfig(lambdas=[0.0], iterations=30, batch_size=16, lr=50.0, lr_steps=[], train_subset=64,
-                      test_subset=64, device="cpu", data_dir=str(MNIST) if MNIST.is_dir() else None)
-    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST not at {MNIST}")
-    with pytest.raises(NonFiniteLossError, match="lower lr"):
+    cfg = load_config("quick", extra={**_small(optimizer={"lr": 50.0}, schedule={"max_steps": 30}),
+                                      "lambdas": [0.0], "train_subset": 256, "test_subset": 64})
+    with pytest.raises(NonFiniteLossError, match="Lower optimizer.lr"):
         run_experiment(cfg, tmp_path, preset="test")
 
 
@@ -104,13 +151,18 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "centerloss mnist: error: MNIST not found" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["mnist", "--preset", "nope"]) == 2
-    assert "shipped presets" in capsys.readouterr().err
+    assert "shipped" in capsys.readouterr().err
     assert main(["mnist", "--set", "no_such_key=1"]) == 2
     assert "unknown key" in capsys.readouterr().err
 
 
-def test_config_rejects_bad_values_before_loading_data():
-    for bad in ({"alpha": 2.0}, {"iterations": 0}, {"lambdas": [-1.0]}, {"lr": 0.0}, {"center_update": "sgd"}):
-        with pytest.raises(ValueError):
-            MnistConfig(**bad)
+@pytest.mark.parametrize("bad", [{"lambdas": [-1.0]}, {"updates": ["sgd"]}, {"train": {"optimizer": {"lr": 0}}},
+                                 {"train": {"aux": {"kwargs": {"alpha": 2.0}}}}, {"workers": 0},
+                                 {"train": {"aux": {"kwargs": {"update": "caffe"}}}}])
+def test_config_rejects_bad_values_before_loading_data(bad):
+    from centerloss.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_config("quick", extra=bad)

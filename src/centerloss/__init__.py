@@ -1,25 +1,35 @@
-"""centerloss: center loss (Wen et al., ECCV 2016) done right, with the paper's experiments.
+"""centerloss: center loss (Wen et al., ECCV 2016) done right, with the paper's experiments and face tools.
 
->>> from centerloss import CenterLoss
+>>> from centerloss import CenterLoss, JointLoss
+
+Attributes load on first use (PEP 562), so ``import centerloss`` and ``centerloss --help`` stay fast and
+import nothing heavy; ``from centerloss import CenterLoss`` imports torch, never OpenCV or matplotlib.
 """
 
-from .losses import (
-    CenterLoss,
-    ContrastiveLoss,
-    JointLoss,
-    TripletLoss,
-    center_loss,
-    contrastive_loss,
-    triplet_loss,
-)
+from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = [
-    "CenterLoss",
-    "ContrastiveLoss",
-    "JointLoss",
-    "TripletLoss",
-    "center_loss",
-    "contrastive_loss",
-    "triplet_loss",
-]
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+_WHERE = {
+    "CenterLoss": "losses", "ContrastiveLoss": "losses", "JointLoss": "losses", "TripletLoss": "losses",
+    "ShardedJointLoss": "losses", "HEADS": "losses", "AUX": "losses",
+    "center_loss": "losses", "contrastive_loss": "losses", "triplet_loss": "losses",
+    "create_model": "models", "load_model": "models.io", "save_model": "models.io",
+    "FaceRecognizer": "face", "Gallery": "face",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

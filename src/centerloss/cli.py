@@ -1,23 +1,29 @@
-"""The ``centerloss`` command line.
+"""The ``centerloss`` command line, and its one error policy.
 
 Each subcommand lives beside the code it drives and exposes ``register(subparsers)``; this file only lists
-them. Heavy imports happen inside each command's handler, so ``centerloss --help`` stays fast.
+them. Heavy imports (torch, numpy) happen inside each command's handler, so ``centerloss --help`` stays fast.
+
+Handlers return an exit code for normal outcomes and raise for everything else; :func:`main` turns what
+they raise into one line on stderr that names the bad file or value, and an exit code
+(:mod:`centerloss.errors` documents them): 2 for bad input or usage, 1 for a failed run, 130 for Ctrl-C.
+No traceback is printed unless ``CENTERLOSS_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import re
 import sys
 
-from .errors import CenterLossError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CenterLossError
 
 #: Modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "centerloss.experiments.mnist",
+    "centerloss.experiments.cli",
     "centerloss.engine.cli",
-    "centerloss.experiments.lfw",
     "centerloss.align.cli",
     "centerloss.eval.cli",
     "centerloss.face.cli",
@@ -27,13 +33,19 @@ DESCRIPTION = """\
 centerloss: discriminative deep-feature learning with center loss (Wen et al., ECCV 2016).
 
 Typical workflow:
-  centerloss mnist --preset quick            # the paper's 2-D MNIST toy experiment (Figs. 2-3)
+  centerloss mnist --preset quick              # the paper's 2-D MNIST toy experiment (Figs. 2-3)
   centerloss align RAW/ ALIGNED/ --mode train  # MTCNN + 5-point similarity alignment to 112x96
-  centerloss train --preset lfw_cpu_C        # face CNN with softmax + center loss
+  centerloss train --preset lfw_cpu_C          # face CNN with softmax + center loss
   centerloss eval lfw --features F.npz --pairs pairs.txt --out DIR
+  centerloss verify a.jpg b.jpg --model M      # same person? (raw photos)
 
 Run `centerloss COMMAND --help` for what each command does and its options.
+
+Exit codes: 0 success, 1 the run failed (verify: different people), 2 bad input or usage,
+130 interrupted. Set CENTERLOSS_DEBUG=1 to see a traceback instead of the one-line error.
 """
+
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,25 +58,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def _original_message(text: str) -> str:
+    """A DataLoader worker's exception is re-raised in the main process as the same type with the message
+    "Caught X in DataLoader worker process N. Original Traceback ... module.X: <message>": keep <message>."""
+    if _WORKER_TRACEBACK not in text:
+        return text
+    last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    name, sep, message = last.partition(": ")
+    return message if sep and re.fullmatch(r"[\w.]+", name) else last
+
+
+def explain(e: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception a command raised."""
+    text = _original_message(str(e))
+    if isinstance(e, CenterLossError):
+        return text, e.exit_code
+    if isinstance(e, KeyError):  # unknown registry names, config keys
+        return _original_message(str(e.args[0])) if e.args else text, EXIT_USAGE
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        why = e.strerror or text
+        if e.errno in _DISK_FULL:
+            return f"{where}{why} (disk full?)", EXIT_FAILED
+        return f"{where}{why}", EXIT_USAGE
+    if isinstance(e, (ValueError, TypeError)):
+        return text, EXIT_USAGE
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller --batch-size)", EXIT_FAILED
+    return f"internal error: {type(e).__name__}: {text} (set CENTERLOSS_DEBUG=1 for the traceback)", EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (CenterLossError, FileNotFoundError, KeyError, ValueError) as e:
-        # Wrong input, missing files, bad preset/config values: a message, not a traceback
-        # (set CENTERLOSS_DEBUG=1 to see the traceback).
         if os.environ.get("CENTERLOSS_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"centerloss {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        print(f"centerloss {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if os.environ.get("CENTERLOSS_DEBUG"):
+            raise
+        msg, code = explain(e)
+        print(f"centerloss {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ _WHERE = {
     "TEMPLATE_112x96": "transform", "align": "transform", "similarity_transform": "transform",
     "template": "transform", "warp": "transform",
     "contact_sheet": "contact_sheet",
+    "escape_name": "files", "scan_tree": "files", "unescape_name": "files",
 }
 __all__ = sorted(_WHERE)
 

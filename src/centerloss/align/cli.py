@@ -15,8 +15,15 @@ Policy (paper Sec. 4): with several faces the one maximising area - 2*dist_to_ce
   --mode test   images with no face use the --landmarks CSV (path,x1,y1,...,x5,y5; path relative to SRC),
                 else documented default centre points; every test image gets a crop and a manifest note.
 
-DST gets manifest.csv (path,detected,score,x1,y1,...,x5,y5,reason; points in source pixels, left = smaller
-x), summary.json and report.md. Reruns skip finished files (state in DST/.align/).
+Every entry under SRC gets a manifest row: files of any extension are tried (non-images are listed as
+unreadable); hidden names, symlinks to folders, dangling or looping symlinks, FIFOs, sockets and devices are
+listed as skipped with the reason and never opened. Symlinks to files are followed. Any file name works.
+
+DST gets manifest.csv (path,detected,score,x1,y1,...,x5,y5,reason,status,failure,decoded,out,path_escaped;
+points in source pixels, left = smaller x), report.md and summary.json (written last, when the run is done).
+Reruns skip finished files (state in DST/.align/) and retry failures per --retry-failed. Ctrl-C or a full
+disk keeps what is done; rerun the same command to resume. Exit codes: 0 done, 1 some images failed or the
+run stopped (the message names one), 2 bad option/input/DST, 130 interrupted.
 
 Examples:
   centerloss align data/lfw/images runs/lfw_aligned --mode test
@@ -43,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="smallest face side in px to search for; lower finds smaller faces, slower "
                         "(default: 40, fine for LFW's ~110 px faces)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in DST and redo all")
+    p.add_argument("--retry-failed", choices=("transient", "all", "none"), default="transient",
+                   help="on a rerun, redo failed images: transient = OS failures only (permission, disk full, "
+                        "I/O, vanished); all = also bad files and no-face skips; none (default: transient)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--contact-sheet", metavar="PNG", default=None,
                    help="instead of aligning: write a grid of random crops from folder SRC to PNG")
@@ -53,39 +63,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ..errors import DataError
+def _grid(text: str) -> tuple[int, int]:
+    from ..errors import ConfigError
 
     try:
-        if args.contact_sheet:
-            from .contact_sheet import contact_sheet
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--grid must look like ROWSxCOLS, e.g. 8x12, got {text!r}") from None
+    return rows, cols
 
-            rows, cols = (int(v) for v in args.grid.lower().split("x"))
-            out = contact_sheet(args.src, args.contact_sheet, rows=rows, cols=cols, seed=args.seed,
-                                colors=args.colors)
-            print(f"contact sheet -> {out}")
-            return 0
-        if args.dst is None:
-            print("centerloss align: DST is required (or use --contact-sheet)", file=sys.stderr)
-            return 2
-        from .runner import align_tree
 
-        s = align_tree(args.src, args.dst, mode=args.mode, size=args.size, workers=args.workers,
-                       landmarks=args.landmarks, ext=args.ext, min_face_size=args.min_face,
-                       overwrite=args.overwrite, progress=not args.no_progress)
-    except (DataError, ValueError) as e:
-        print(f"centerloss align: {e}", file=sys.stderr)
-        return 2
+def _print_summary(s: dict, dst: str) -> None:
     rate = "n/a" if s["detection_rate"] is None else f"{100 * s['detection_rate']:.2f}%"
     print(f"{s['files']} files: {s['detected']} detected ({rate}), {s['crops']} crops, "
           f"fallbacks {s['fallback_landmarks_file']} landmarks-file + {s['fallback_default']} default, "
           f"{s['skipped_no_face']} skipped, {s['unreadable']} unreadable, {s['errors']} errors; "
-          f"{s['seconds_total']} s" + (f", {s['images_per_second']} img/s" if s["images_per_second"] else ""))
+          f"{s['not_inputs']} other entries not inputs; {s['seconds_total']} s"
+          + (f", {s['images_per_second']} img/s" if s["images_per_second"] else ""))
     for p in s["fallback_default_files"][:20]:
         print(f"  default-points fallback: {p}")
     if s["fallback_default"] > 20:
         print(f"  ... {s['fallback_default'] - 20} more default-points fallbacks (see manifest.csv)")
-    print(f"manifest: {args.dst}/manifest.csv, report: {args.dst}/report.md")
-    return 1 if s["errors"] else 0
+    print(f"manifest: {dst}/manifest.csv, report: {dst}/report.md")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError, RunError
+
+    if args.contact_sheet:
+        from .contact_sheet import contact_sheet
+
+        rows, cols = _grid(args.grid)
+        out = contact_sheet(args.src, args.contact_sheet, rows=rows, cols=cols, seed=args.seed,
+                            colors=args.colors)
+        print(f"contact sheet -> {out}")
+        return 0
+    if args.dst is None:
+        raise ConfigError("DST is required (or use --contact-sheet PNG)")
+    from .runner import align_tree
+
+    s = align_tree(args.src, args.dst, mode=args.mode, size=args.size, workers=args.workers,
+                   landmarks=args.landmarks, ext=args.ext, min_face_size=args.min_face,
+                   overwrite=args.overwrite, progress=not args.no_progress, retry_failed=args.retry_failed)
+    _print_summary(s, args.dst)
+    if s["errors"]:
+        again = ("rerun the same command to retry them" if s["failed_transient"] == s["errors"]
+                 else "rerun with --retry-failed all to retry them")
+        raise RunError(f"{s['errors']} of {s['files']} images failed, e.g. {s['first_error']}; fix the cause "
+                       f"and {again} (the rest is done; see {args.dst}/manifest.csv)")
+    return 0

@@ -10,10 +10,11 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..utils.atomic import atomic_path
+from ..utils.images import decode_image
 from .transform import template
 
 __all__ = ["contact_sheet"]
@@ -29,7 +30,9 @@ def contact_sheet(folder: str | os.PathLike[str], out: str | os.PathLike[str], r
     PNG, ~3-4x smaller, for sheets committed to the repository. Returns the output path.
     """
     if rows < 1 or cols < 1:
-        raise ValueError(f"grid must be at least 1x1, got {rows}x{cols}")
+        raise ConfigError(f"grid must be at least 1x1, got {rows}x{cols}")
+    if colors is not None and not 2 <= colors <= 256:
+        raise ConfigError(f"colors must be in 2..256, got {colors}")
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"crop folder not found: {root}")
@@ -38,7 +41,7 @@ def contact_sheet(folder: str | os.PathLike[str], out: str | os.PathLike[str], r
     if not files:
         raise DataError(f"no .jpg/.png crops under {root}")
     pick = random.Random(seed).sample(files, min(rows * cols, len(files)))
-    crops = [np.asarray(Image.open(p).convert("RGB")) for p in pick]
+    crops = [decode_image(p)[0] for p in pick]
     h, w = crops[0].shape[:2]
     if any(c.shape[:2] != (h, w) for c in crops):
         raise DataError(f"crops under {root} differ in size; a contact sheet needs one size")
@@ -57,10 +60,8 @@ def contact_sheet(folder: str | os.PathLike[str], out: str | os.PathLike[str], r
         r, q = divmod(k, cols)
         sheet.paste(tile, (pad + q * (w + pad), pad + r * (h + pad)))
     out_p = Path(out)
-    out_p.parent.mkdir(parents=True, exist_ok=True)
     if colors is not None:
-        if not 2 <= colors <= 256:
-            raise ValueError(f"colors must be in 2..256, got {colors}")
         sheet = sheet.quantize(colors, method=Image.Quantize.MEDIANCUT)
-    sheet.save(out_p, "PNG", optimize=True)
+    with atomic_path(out_p) as tmp:
+        sheet.save(tmp, "PNG", optimize=True)
     return out_p

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from .imageio import read_rgb
+from ..utils.atomic import os_error
+from ..utils.images import decode_image
+from .files import path_str, read_source
 from .mtcnn import MTCNN, Faces
 from .policy import choose_face, default_points
 from .transform import align, parse_size
@@ -90,9 +93,15 @@ def align_file(path: str | os.PathLike[str], size: tuple[int, int] | str = (112,
                fallback: np.ndarray | None = None, detector: MTCNN | None = None) -> AlignResult:
     """:func:`align_rgb` on an image file; grayscale/CMYK/alpha are converted (noted in ``reason``).
 
-    Raises :class:`~centerloss.errors.DataError` if the file cannot be decoded.
+    Raises :class:`~centerloss.errors.DataError` naming the file if it cannot be read or decoded (a FIFO or
+    device is refused without being opened).
     """
-    rgb, note = read_rgb(path)
+    name = path_str(Path(path))
+    try:
+        data = read_source(path, name)
+    except OSError as e:
+        raise os_error(e, name, "read") from e
+    rgb, note = decode_image(data, name=name)
     res = align_rgb(rgb, size, mode, fallback, detector)
     if note:
         res.reason = "; ".join(x for x in (note, res.reason) if x)

@@ -12,7 +12,8 @@ Landmarks side file (CSV, UTF-8): one row per image, ``path,x1,y1,x2,y2,x3,y3,x4
 relative to the source folder (``/`` separators) and the points in source pixels in the manifest's order
 (left eye, right eye, nose, left mouth corner, right mouth corner). A header row is optional; with a header
 the columns are found by name (``path``, ``x1`` ... ``y5``) and extra columns are ignored, so a previous
-run's ``manifest.csv`` works as a landmarks file.
+run's ``manifest.csv`` works as a landmarks file (with its ``path_escaped`` column, names that are not
+valid UTF-8 are matched too).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .files import unescape_name
 from .mtcnn import Faces
 
 __all__ = ["choose_face", "default_points", "read_landmarks_csv", "DEFAULT_POINTS_FRAC", "POINT_COLUMNS"]
@@ -85,13 +87,17 @@ def read_landmarks_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         if missing:
             raise DataError(f"{p}: header lacks columns {missing}; need path,x1,y1,...,x5,y5")
         idx = [cols.index(c) for c in ("path", *POINT_COLUMNS)]
+        esc = cols.index("path_escaped") if "path_escaped" in cols else None
         rows = rows[1:]
     else:
-        idx = list(range(11))
+        idx, esc = list(range(11)), None
     for line, r in rows:
         if len(r) <= max(idx):
             raise DataError(f"{p}:{line}: expected path and 10 coordinates, got {len(r)} fields")
-        rel = r[idx[0]].strip().replace("\\", "/")
+        if esc is not None and len(r) > esc and r[esc].strip() == "1":  # a manifest row of a non-UTF-8 name
+            rel = unescape_name(r[idx[0]])
+        else:
+            rel = r[idx[0]].strip().replace("\\", "/")
         vals = [r[i].strip() for i in idx[1:]]
         if all(v == "" for v in vals):  # e.g. a manifest row of an unreadable file: no points to offer
             continue

@@ -1,113 +1,90 @@
-"""Align a whole folder tree: parallel, resumable, with a manifest, a JSON summary and a short report.
+"""Align a whole folder tree: parallel, resumable, and safe against hostile input, faults and interruption.
 
 Layout of ``DST`` after :func:`align_tree`:
 
 - the crops, mirroring ``SRC``: ``SRC/a/b.png`` -> ``DST/a/b.jpg`` (suffix replaced by ``ext``; if two
   sources would collide, e.g. ``b.png`` and ``b.jpg``, both keep their suffix: ``b.png.jpg``, ``b.jpg.jpg``);
-- ``manifest.csv``: one row per file of ``SRC``, sorted by path, columns :data:`MANIFEST_COLUMNS`;
-- ``summary.json`` and ``report.md``: counts, detection rate, fallbacks, speed, machine load;
-- ``.align/``: the resume state (options, one JSON line per finished file, one per invocation's timing).
+  any file name works, including bytes that are not UTF-8 (the crop gets the same bytes);
+- ``manifest.csv``: one row per entry under ``SRC`` -- inputs and everything that is not one -- sorted by
+  path, columns :data:`MANIFEST_COLUMNS` (documented in :mod:`centerloss.align.report`);
+- ``report.md`` and then ``summary.json``: counts computed from the manifest rows, speed, machine load;
+  they are removed when a run starts new work and written only when it finishes;
+- ``.align/``: the resume state and lock (:mod:`centerloss.align.state`).
 
-Every regular file under ``SRC`` whose name does not start with ``.`` is an input; files that do not decode
-are reported (``reason`` starts with ``unreadable:``) and the run goes on.
+What is an input (:mod:`centerloss.align.files`): every regular file whose name does not start with ``.``,
+and every symlink to one, whatever its extension (a ``notes.txt`` is reported ``unreadable:``, not silently
+dropped). Hidden entries, symlinks to folders, dangling symlinks, symlink loops, FIFOs, sockets and devices
+are listed with ``status = skipped`` and the reason; nothing is ever opened that could block.
 
-**Resume.** Each finished file is appended to ``.align/results.jsonl`` as soon as it is done. A rerun reuses
-a file's record when the source's size and mtime are unchanged and its crop exists (or no crop was due), so
-it skips that work yet still writes a complete manifest. A rerun with different options (mode, size, ext,
-min face size, landmarks file) refuses to mix results unless ``overwrite=True``.
+**Resume and retry.** Each finished chunk of images is saved to the state at once, so an interrupted,
+killed or disk-full run keeps its work. A rerun reuses a file's record when the source's size and mtime are
+unchanged and its crop exists, except that failures are retried according to ``retry_failed``: ``transient``
+(default) retries OS failures (permission denied, disk full, I/O error, vanished file, a folder in the way),
+``all`` also retries permanent ones (bad image, no face in train mode, unexpected errors), ``none`` retries
+nothing. A rerun with different options (mode, size, ext, min face size, quality, landmarks file) refuses
+to mix results unless ``overwrite=True``.
+
+**Faults.** The output folder is checked before any work (read-only, or a parent that is a file: one
+:class:`~centerloss.errors.DataError`). Every file is written atomically (:mod:`centerloss.utils.atomic`);
+a full disk stops the run with a :class:`~centerloss.errors.RunError` saying how many images were done,
+leaving no temporary file and no manifest/summary/report that would look complete. Worker processes ignore
+Ctrl-C and die with the parent (:mod:`centerloss.align.workers`); temporary files of a killed run are
+removed by the next one. A worker killed by the OS stops the run (RunError) instead of hanging it.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
+import math
 import multiprocessing as mp
 import os
-import platform
-import shutil
-import sys
+import re
+import signal
+import stat
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import DataError
+from ..errors import CenterLossError, ConfigError, DataError, RunError
+from ..utils.atomic import check_output_dir, write_json, write_text
+from .files import Entry, escape_name, path_str, scan_tree
 from .policy import read_landmarks_csv
+from .report import MANIFEST_COLUMNS, render_report, summarise, write_manifest
+from .state import STATE_DIR, State
 from .transform import parse_size
+from .workers import DISK_FULL, clear, init_worker, new_record, process_chunk, set_detector
 
-__all__ = ["align_tree", "MANIFEST_COLUMNS", "STATE_DIR"]
+__all__ = ["align_tree", "MANIFEST_COLUMNS", "RETRY_CHOICES", "STATE_DIR"]
 
-MANIFEST_COLUMNS = ("path", "detected", "score", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5",
-                    "reason")
-STATE_DIR = ".align"
-_RESULTS = "results.jsonl"
-_OPTIONS = "options.json"
-_RUNS = "runs.jsonl"
-_CHUNK = 32  # files per worker task: small enough for a smooth progress bar, large enough to amortise IPC
-
-# ----------------------------------------------------------------------------------------------- workers
-_W: dict[str, Any] = {}
+RETRY_CHOICES = ("transient", "all", "none")
+_CHUNK = 32  # most files per worker task: a smooth progress bar, little IPC, little work lost on a crash
+# Temporary names of centerloss.utils.atomic (".<stem>.tmp-<pid>-<8 hex><suffix>"), left by killed runs.
+_TMP = re.compile(r"^\..*\.tmp-\d+-[0-9a-f]{8}(\.[^.]+)?$")
+_RESULT_FILES = ("summary.json", "report.md", "manifest.csv")
 
 
-def _init_worker(opts: dict[str, Any]) -> None:
-    """Per-process setup: one thread each (the processes are the parallelism), one detector each."""
-    import cv2
-    import torch
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    from .mtcnn import MTCNN
-
-    _W["opts"] = opts
-    _W["det"] = MTCNN(min_face_size=opts["min_face_size"])
-
-
-def _process_one(task: tuple[str, str, str, str, list | None, int, int]) -> dict[str, Any]:
-    from .imageio import read_rgb, write_image
-    from .pipeline import align_rgb
-
-    rel, src, out, out_rel, fallback, size, mtime = task
-    opts = _W["opts"]
-    rec: dict[str, Any] = {"path": rel, "size": size, "mtime_ns": mtime, "status": "failed", "out": "",
-                           "detected": 0, "score": None, "points": None, "reason": "", "faces": 0}
-    try:
-        rgb, note = read_rgb(src)
-    except DataError as e:
-        rec["reason"] = "unreadable: " + str(e).removeprefix(f"{src}: ")
-        return rec
-    try:
-        res = align_rgb(rgb, opts["size"], opts["mode"], None if fallback is None else np.asarray(fallback),
-                        _W["det"])
-        rec.update(detected=int(res.detected), score=res.score, faces=res.num_faces,
-                   points=None if res.points is None else np.round(res.points, 3).tolist(),
-                   reason="; ".join(x for x in (note, res.reason) if x))
-        if res.crop is None:
-            rec["status"] = "skipped"
-        else:
-            write_image(out, res.crop, quality=opts["quality"])
-            rec["status"], rec["out"] = "ok", out_rel
-    except Exception as e:  # never let one image stop a 500k-image run; the manifest says what went wrong
-        rec["status"], rec["reason"] = "failed", f"error: {type(e).__name__}: {e}"
-    return rec
-
-
-def _process_chunk(tasks: list) -> list[dict[str, Any]]:
-    return [_process_one(t) for t in tasks]
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _list_files(src: Path, exclude: Path | None) -> list[str]:
-    out = []
-    for root, dirs, files in os.walk(src):
-        rp = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or rp / d != exclude))
-        for f in sorted(files):
-            if not f.startswith(".") and (rp / f).is_file():
-                out.append((rp / f).relative_to(src).as_posix())
-    return sorted(out)
+# ----------------------------------------------------------------------------------------------- checks
+def _check_options(mode: str, size: tuple[int, int] | str, ext: str, min_face_size: float, quality: int,
+                   retry_failed: str, workers: int | None) -> tuple[tuple[int, int], str, int]:
+    """Validate the options before anything is touched -> (size, ext, workers); ConfigError naming the value."""
+    if mode not in ("train", "test"):
+        raise ConfigError(f"mode must be 'train' or 'test', got {mode!r}")
+    ext = str(ext).lower().lstrip(".")
+    if ext not in ("jpg", "png"):
+        raise ConfigError(f"ext must be 'jpg' or 'png', got {ext!r}")
+    hw = parse_size(size)
+    if not min_face_size >= 12:  # also refuses NaN
+        raise ConfigError(f"min face size must be >= 12 px, got {min_face_size}")
+    if not 1 <= int(quality) <= 100:
+        raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
+    if retry_failed not in RETRY_CHOICES:
+        raise ConfigError(f"retry_failed must be one of {RETRY_CHOICES}, got {retry_failed!r}")
+    if workers is not None and int(workers) < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    return hw, ext, int(workers if workers is not None else (os.cpu_count() or 1))
 
 
 def _output_names(rels: list[str], ext: str) -> dict[str, str]:
@@ -119,49 +96,94 @@ def _output_names(rels: list[str], ext: str) -> dict[str, str]:
 
 
 def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise DataError(f"cannot read landmarks file {path}: {e.strerror or e}") from e
 
 
-def _load_state(state: Path, opts_key: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
-    opt_file, res_file = state / _OPTIONS, state / _RESULTS
-    if overwrite and state.exists():
-        shutil.rmtree(state)
-    if opt_file.is_file():
+def _sweep_temp_files(dst: Path, src: Path) -> int:
+    """Remove temporary files that a killed run left in DST (we hold the lock: nobody else writes here)."""
+    n = 0
+    for root, dirs, files in os.walk(dst):
+        dirs[:] = [d for d in dirs if Path(root, d) != src]  # never touch SRC, should it lie inside DST
+        for f in files:
+            p = os.path.join(root, f)
+            try:
+                if _TMP.match(f) and stat.S_ISREG(os.lstat(p).st_mode):
+                    os.unlink(p)
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _retire_results(dst: Path) -> None:
+    """Remove the previous run's manifest/summary/report, so a run that fails leaves none that looks done."""
+    for name in _RESULT_FILES:
         try:
-            old = json.loads(opt_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old != opts_key:
-            raise DataError(f"{state.parent} holds results made with other options ({old} vs now {opts_key}); "
-                            "use a new DST folder or pass --overwrite to redo everything")
-    state.mkdir(parents=True, exist_ok=True)
-    opt_file.write_text(json.dumps(opts_key, indent=1, sort_keys=True))
+            (dst / name).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def _reusable(r: dict[str, Any] | None, e: Entry, dst: Path, retry: str) -> bool:
+    if r is None or r.get("size") != e.size or r.get("mtime_ns") != e.mtime_ns:
+        return False
+    if r["status"] == "ok":
+        return bool(r.get("out")) and (dst / r["out"]).is_file()
+    failure = r.get("failure", "")
+    if failure == "transient":
+        return retry == "none"
+    if failure == "permanent":
+        return retry != "all"
+    return True
+
+
+def _scan_row(e: Entry) -> dict[str, Any]:
+    rec = new_record(e.rel)
+    rec.update(input=0, status="skipped" if e.verdict == "skip" else "failed",
+               failure="" if e.verdict == "skip" else "transient", reason=e.reason)
+    return rec
+
+
+def _plan(entries: list[Entry], old: dict[str, dict[str, Any]], side: dict[str, Any], src: Path, dst: Path,
+          ext: str, retry: str) -> tuple[dict[str, dict[str, Any]], list[tuple]]:
+    """-> (records to reuse or for non-inputs, by path; tasks for the workers)."""
+    inputs = [e for e in entries if e.verdict == "input"]
+    out_rel = _output_names([e.rel for e in inputs], ext)
     records: dict[str, dict[str, Any]] = {}
-    if res_file.is_file():
-        with open(res_file, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                    records[r["path"]] = r
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut short by a crash: that file is simply redone
-    return records
+    todo = []
+    for e in entries:
+        if e.verdict != "input":
+            records[e.rel] = _scan_row(e)
+        elif _reusable(old.get(e.rel), e, dst, retry):
+            records[e.rel] = old[e.rel]
+        else:
+            fb = side.get(e.rel)
+            todo.append((e.rel, str(src / e.rel), str(dst / out_rel[e.rel]), out_rel[e.rel],
+                         None if fb is None else fb.tolist(), e.size, e.mtime_ns, escape_name(e.rel)[0]))
+    return records, todo
 
 
-def _fmt(v: float | None, nd: int) -> str:
-    return "" if v is None else f"{v:.{nd}f}"
+# ----------------------------------------------------------------------------------------------- running
+class _Sink:
+    """Takes each finished chunk: saves it to the state first, then stops the run if the disk is full."""
 
+    def __init__(self, state: State, records: dict[str, dict[str, Any]], bar: Any) -> None:
+        self.state, self.records, self.bar, self.done = state, records, bar, 0
 
-def _write_manifest(path: Path, recs: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(MANIFEST_COLUMNS)
+    def __call__(self, recs: list[dict[str, Any]]) -> None:
+        self.state.save_part(recs)
         for r in recs:
-            pts = r["points"] if r["points"] is not None else [[None, None]] * 5
-            coords = [_fmt(c, 2) for p in pts for c in p]
-            w.writerow([r["path"], r["detected"], _fmt(r["score"], 5), *coords, r["reason"]])
-    os.replace(tmp, path)
+            self.records[r["path"]] = r
+        self.done += sum(1 for r in recs if r.get("failure") != "transient")  # those a rerun will not redo
+        self.bar.update(len(recs))
+        full = next((r for r in recs if r.get("errno") in DISK_FULL), None)
+        if full is not None:
+            raise RunError(f"{escape_name(full['path'])[0]}: {full['reason'].removeprefix('error: ')} "
+                           "(disk full?)")
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
@@ -169,193 +191,157 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i:i + n]
 
 
-def _loadavg() -> list[float] | None:
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited through exec), so Ctrl-C during their start-up
+    prints nothing from them; the parent's own handler is back as soon as they exist."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _check_workers(pool: Any, seen: set[int]) -> None:
+    """RunError if a worker died (the OS killed it): mp.Pool would otherwise wait for its task forever."""
+    procs = getattr(pool, "_pool", [])
+    now = {p.pid for p in procs}
+    gone = (seen - now) | {p.pid for p in procs if p.exitcode is not None}
+    if gone:
+        raise RunError(f"a worker process (pid {min(gone)}) died unexpectedly (killed by the OS, e.g. "
+                       "out of memory, or it could not start)")
+    seen |= now
+
+
+def _run_pool(todo: list[tuple], workers: int, wopts: dict[str, Any], sink: _Sink) -> None:
+    chunk = max(1, min(_CHUNK, math.ceil(len(todo) / workers)))
+    n_proc = min(workers, math.ceil(len(todo) / chunk))
+    # spawn, not fork: a forked child of a process that already ran torch/OpenMP can deadlock.
+    ctx = mp.get_context("spawn")
+    with _children_ignore_sigint():
+        pool = ctx.Pool(n_proc, initializer=init_worker, initargs=(wopts, os.getpid()))
+    with pool:  # leaving the block (done, error, Ctrl-C) terminates the workers; they exit cleanly
+        it = pool.imap_unordered(process_chunk, _chunks(todo, chunk))
+        seen = {p.pid for p in getattr(pool, "_pool", [])}
+        while True:
+            try:
+                recs = it.next(timeout=1.0)
+            except StopIteration:
+                break
+            except mp.TimeoutError:
+                recs = None
+            _check_workers(pool, seen)
+            if recs is not None:
+                sink(recs)
+        pool.close()  # done: let the workers exit on their own (terminate is for errors and Ctrl-C)
+        pool.join()
+
+
+def _run_inline(todo: list[tuple], wopts: dict[str, Any], sink: _Sink) -> None:
+    import torch
+
+    n_threads = torch.get_num_threads()
+    try:
+        set_detector(wopts)
+        for ch in _chunks(todo, _CHUNK):
+            sink(process_chunk(ch))
+    finally:
+        torch.set_num_threads(n_threads)
+        clear()
+
+
+def _process(todo: list[tuple], workers: int, wopts: dict[str, Any], state: State,
+             records: dict[str, dict[str, Any]], progress: bool, dst: Path) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc="align", unit="img", disable=not progress, smoothing=0.05) as bar:
+        sink = _Sink(state, records, bar)
+        try:
+            if workers == 1:
+                _run_inline(todo, wopts, sink)
+            else:
+                _run_pool(todo, workers, wopts, sink)
+        except CenterLossError as e:
+            raise type(e)(f"{e}; stopped after {sink.done} of {len(todo)} images, which are kept; fix the "
+                          f"cause and rerun the same command to resume into {path_str(dst)}"
+                          ) from e
 
 
 # ----------------------------------------------------------------------------------------------- main
 def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: str = "test",
                size: tuple[int, int] | str = (112, 96), workers: int | None = None,
                landmarks: str | os.PathLike[str] | None = None, ext: str = "jpg", min_face_size: float = 40.0,
-               quality: int = 95, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Align every image under ``src`` into ``dst`` (layout and resume rules in the module docstring).
+               quality: int = 95, overwrite: bool = False, progress: bool = True,
+               retry_failed: str = "transient") -> dict[str, Any]:
+    """Align every image under ``src`` into ``dst`` (layout, resume and fault rules in the module docstring).
 
-    Returns the summary dict that is also written to ``dst/summary.json``.
+    Returns the summary dict that is also written to ``dst/summary.json``. Raises ConfigError for a bad
+    option, DataError for a bad SRC/DST/landmarks file, LockedError if another run writes into ``dst``,
+    RunError if the run stopped (disk full, a worker killed); KeyboardInterrupt passes through.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
-    load_start = _loadavg()
+    info: dict[str, Any] = {"load_average_start": _loadavg(), "retry_failed": retry_failed}
+    hw, ext, workers = _check_options(mode, size, ext, min_face_size, quality, retry_failed, workers)
     src_p, dst_p = Path(src).resolve(), Path(dst).resolve()
     if not src_p.is_dir():
-        raise DataError(f"source folder not found: {src_p}")
-    if dst_p == src_p:
-        raise DataError("DST must differ from SRC (crops would overwrite the originals)")
-    if mode not in ("train", "test"):
-        raise DataError(f"mode must be 'train' or 'test', got {mode!r}")
-    ext = ext.lower().lstrip(".")
-    if ext not in ("jpg", "png"):
-        raise DataError(f"ext must be 'jpg' or 'png', got {ext!r}")
-    hw = parse_size(size)
-    if min_face_size < 12:
-        raise DataError(f"min face size must be >= 12 px, got {min_face_size}")
-    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+        raise DataError(f"source folder not found: {path_str(src_p)}" if not src_p.exists()
+                        else f"source {path_str(src_p)} is not a folder")
+    if dst_p == src_p or src_p.is_relative_to(dst_p):
+        raise ConfigError(f"DST must differ from SRC and not contain it (crops could overwrite the originals): "
+                          f"SRC {path_str(src_p)}, DST {path_str(dst_p)}")
     lm_path = Path(landmarks).resolve() if landmarks is not None else None
     side = read_landmarks_csv(lm_path) if lm_path is not None else {}
-
-    exclude = dst_p if dst_p.is_relative_to(src_p) else None
-    rels = _list_files(src_p, exclude)
-    out_rel = _output_names(rels, ext)
+    check_output_dir(dst_p)
     opts_key = {"mode": mode, "size": list(hw), "ext": ext, "min_face_size": float(min_face_size),
                 "quality": int(quality), "landmarks_sha256": _file_hash(lm_path) if lm_path else None}
-    dst_p.mkdir(parents=True, exist_ok=True)
-    state = dst_p / STATE_DIR
-    old = _load_state(state, opts_key, overwrite)
+    state = State(dst_p)
+    with state.locked():
+        old = state.load(opts_key, overwrite)
+        _sweep_temp_files(dst_p, src_p)
+        entries = scan_tree(src_p, dst_p if dst_p.is_relative_to(src_p) else None)
+        records, todo = _plan(entries, old, side, src_p, dst_p, ext, retry_failed)
+        n_inputs = sum(1 for e in entries if e.verdict == "input")
+        info.update(reused_from_previous_run=n_inputs - len(todo), processed_this_run=len(todo))
+        if todo:
+            _retire_results(dst_p)
+        wopts = {"mode": mode, "size": hw, "min_face_size": float(min_face_size), "quality": int(quality)}
+        t_proc = time.perf_counter()
+        if todo:
+            _process(todo, workers, wopts, state, records, progress, dst_p)
+        final = [records[e.rel] for e in entries]
+        info.update(src=str(src_p), dst=str(dst_p), mode=mode, size=f"{hw[0]}x{hw[1]}", ext=ext,
+                    min_face_size=float(min_face_size), landmarks_file=str(lm_path) if lm_path else None,
+                    workers=workers, seconds_processing=time.perf_counter() - t_proc,
+                    unused_side=sorted(set(side) - {e.rel for e in entries if e.verdict == "input"}))
+        return _finish(state, dst_p, final, info, t0)
 
-    records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for rel in rels:
-        st = (src_p / rel).stat()
-        r = old.get(rel)
-        if (r is not None and r.get("size") == st.st_size and r.get("mtime_ns") == st.st_mtime_ns
-                and (r.get("status") != "ok" or (dst_p / r.get("out", "")).is_file())):
-            records[rel] = r
-            continue
-        fb = side.get(rel)
-        todo.append((rel, str(src_p / rel), str(dst_p / out_rel[rel]), out_rel[rel],
-                     None if fb is None else fb.tolist(), st.st_size, st.st_mtime_ns))
-    reused = len(records)
-    unused_side = sorted(set(side) - set(rels))
 
-    wopts = {"mode": mode, "size": hw, "min_face_size": float(min_face_size), "quality": int(quality)}
-    t_proc = time.perf_counter()
-    res_file = state / _RESULTS
-    with open(res_file, "a", encoding="utf-8") as log, \
-            tqdm(total=len(todo), desc="align", unit="img", disable=not progress, smoothing=0.05) as bar:
-        def take(recs: list[dict[str, Any]]) -> None:
-            for rec in recs:
-                records[rec["path"]] = rec
-                log.write(json.dumps(rec) + "\n")
-            log.flush()
-            bar.update(len(recs))
-
-        if not todo:
-            pass
-        elif workers == 1:
-            import torch
-
-            n_threads = torch.get_num_threads()
-            try:
-                _init_worker(wopts)
-                for ch in _chunks(todo, _CHUNK):
-                    take(_process_chunk(ch))
-            finally:
-                torch.set_num_threads(n_threads)
-                _W.clear()
-        else:
-            # spawn, not fork: a forked child of a process that already ran torch/OpenMP can deadlock.
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(wopts,)) as pool:
-                for recs in pool.imap_unordered(_process_chunk, _chunks(todo, _CHUNK)):
-                    take(recs)
-    t_done = time.perf_counter()
-
-    final = [records[r] for r in rels]
-    # Compact the resume log to exactly the current files (it only grows during a run).
-    tmp = res_file.with_name(_RESULTS + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in final), encoding="utf-8")
-    os.replace(tmp, res_file)
-    _write_manifest(dst_p / "manifest.csv", final)
-    summary = _summarise(final, src_p, dst_p, mode, hw, ext, min_face_size, lm_path, workers, reused,
-                         len(todo), t_done - t_proc, time.perf_counter() - t0, load_start, unused_side)
-    # Keep every invocation's speed (a resumed run's own figures say little about the whole job).
-    this_run = {k: summary[k] for k in ("finished_at", "processed_this_run", "reused_from_previous_run",
-                                        "seconds_total", "images_per_second", "workers", "load_average_start",
-                                        "load_average_end")}
-    with open(state / _RUNS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(this_run) + "\n")
-    summary["runs"] = [json.loads(line) for line in (state / _RUNS).read_text().splitlines() if line.strip()]
-    (dst_p / "summary.json").write_text(json.dumps(summary, indent=1))
-    (dst_p / "report.md").write_text(_report(summary, final))
+def _finish(state: State, dst: Path, final: list[dict[str, Any]], info: dict[str, Any], t0: float
+            ) -> dict[str, Any]:
+    """Write manifest, compacted state, report and (last) summary; on failure leave none of them behind."""
+    try:
+        write_manifest(dst / "manifest.csv", final)
+        state.compact([r for r in final if r.get("input")])
+        info["seconds_total"] = time.perf_counter() - t0
+        summary = summarise(final, info)
+        this_run = {k: summary[k] for k in ("finished_at", "processed_this_run", "reused_from_previous_run",
+                                            "seconds_total", "images_per_second", "workers",
+                                            "load_average_start", "load_average_end")}
+        summary["runs"] = state.add_run(this_run)
+        write_text(dst / "report.md", render_report(summary, final))
+        write_json(dst / "summary.json", summary, indent=1)
+    except CenterLossError as e:
+        _retire_results(dst)
+        raise type(e)(f"{e}; every image is processed and kept: rerun the same command to write the "
+                      "manifest and summary") from e
     return summary
 
 
-def _summarise(final: list[dict[str, Any]], src: Path, dst: Path, mode: str, hw: tuple[int, int], ext: str,
-               min_face: float, lm: Path | None, workers: int, reused: int, processed: int, t_proc: float,
-               t_total: float, load_start: list[float] | None, unused_side: list[str]) -> dict[str, Any]:
-    import torch
-
-    unreadable = [r["path"] for r in final if r["reason"].startswith("unreadable:")]
-    errors = [r["path"] for r in final if r["reason"].startswith("error:")]
-    decoded = len(final) - len(unreadable) - len(errors)
-    detected = sum(1 for r in final if r["detected"])
-    fb_file = [r["path"] for r in final if "fallback: landmarks file" in r["reason"]]
-    fb_default = [r["path"] for r in final if "fallback: default" in r["reason"]]
-    return {
-        "src": str(src), "dst": str(dst), "mode": mode, "size": f"{hw[0]}x{hw[1]}", "ext": ext,
-        "min_face_size": min_face, "landmarks_file": str(lm) if lm else None,
-        "files": len(final), "decoded": decoded, "crops": sum(1 for r in final if r["status"] == "ok"),
-        "detected": detected, "detection_rate": detected / decoded if decoded else None,
-        "multi_face": sum(1 for r in final if r.get("faces", 0) > 1),
-        "converted": sum(1 for r in final if r["reason"].startswith("converted")),
-        "fallback_landmarks_file": len(fb_file), "fallback_default": len(fb_default),
-        "skipped_no_face": sum(1 for r in final if r["status"] == "skipped"),
-        "unreadable": len(unreadable), "errors": len(errors),
-        "processed_this_run": processed, "reused_from_previous_run": reused,
-        "seconds_processing": round(t_proc, 2), "seconds_total": round(t_total, 2),
-        "images_per_second": round(processed / t_total, 2) if processed and t_total > 0 else None,
-        "workers": workers, "cpu_count": os.cpu_count(), "load_average_start": load_start,
-        "load_average_end": _loadavg(), "python": sys.version.split()[0], "torch": torch.__version__,
-        "machine": platform.platform(), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "fallback_default_files": fb_default, "fallback_landmarks_files": fb_file,
-        "unreadable_files": unreadable, "error_files": errors,
-        "landmarks_rows_not_in_src": unused_side[:100],
-    }
-
-
-def _report(s: dict[str, Any], final: list[dict[str, Any]]) -> str:
-    rate = "n/a" if s["detection_rate"] is None else f"{100 * s['detection_rate']:.2f}%"
-    lines = [
-        f"# Alignment report: {s['src']}",
-        "",
-        f"Mode `{s['mode']}`, crops {s['size']} `.{s['ext']}`, min face {s['min_face_size']:g} px, "
-        f"{s['workers']} workers on {s['cpu_count']} CPUs. Finished {s['finished_at']}.",
-        "",
-        "| count | value |",
-        "|---|---|",
-        f"| files | {s['files']} |",
-        f"| decoded | {s['decoded']} |",
-        f"| face detected | {s['detected']} ({rate} of decoded) |",
-        f"| crops written | {s['crops']} |",
-        f"| fallback: landmarks file | {s['fallback_landmarks_file']} |",
-        f"| fallback: default centre points | {s['fallback_default']} |",
-        f"| skipped, no face (train mode) | {s['skipped_no_face']} |",
-        f"| several faces (chose largest near centre) | {s['multi_face']} |",
-        f"| converted to RGB (gray/CMYK/alpha/...) | {s['converted']} |",
-        f"| unreadable | {s['unreadable']} |",
-        f"| errors | {s['errors']} |",
-        "",
-        f"Speed: {s['processed_this_run']} images processed this run, {s['reused_from_previous_run']} reused "
-        f"from an earlier run; {s['seconds_total']} s end to end"
-        + (f", **{s['images_per_second']} images/s**." if s["images_per_second"] else "."),
-        f"Load average (1, 5, 15 min) at start {s['load_average_start']}, at end {s['load_average_end']}.",
-        "",
-    ]
-    if len(s.get("runs", [])) > 1:
-        lines += ["## All runs into this folder", "", "| finished | processed | reused | seconds | images/s | "
-                  "workers | load avg at start |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['finished_at']} | {r['processed_this_run']} | {r['reused_from_previous_run']} | "
-                  f"{r['seconds_total']} | {r['images_per_second'] or '-'} | {r['workers']} | "
-                  f"{r['load_average_start']} |" for r in s["runs"]]
-        lines.append("")
-    notable = [r for r in final if r["reason"] and not r["reason"].endswith("chose largest near centre")]
-    if notable:
-        lines += ["## Files with a fallback, skip or problem", "", "| path | reason |", "|---|---|"]
-        lines += [f"| {r['path']} | {r['reason']} |" for r in notable[:500]]
-        if len(notable) > 500:
-            lines.append(f"| ... | {len(notable) - 500} more in manifest.csv |")
-        lines.append("")
-    return "\n".join(lines)
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None

@@ -12,9 +12,11 @@ import math
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = ["TEMPLATE_112x96", "template", "similarity_transform", "warp", "align", "parse_size"]
 
-#: Reference points (x, y) of the 96-wide, 112-high crop used by caffe-face and SphereFace (PAPER.md Sec. 4):
+#: Reference points (x, y) of the 96-wide, 112-high crop used by caffe-face and SphereFace (docs/METHOD.md, Sec. 4 of the paper):
 #: left eye, right eye, nose tip, left mouth corner, right mouth corner.
 TEMPLATE_112x96 = np.array([
     [30.2946, 51.6963],
@@ -32,11 +34,14 @@ def parse_size(size: str | tuple[int, int]) -> tuple[int, int]:
         try:
             h, w = (int(p) for p in parts)
         except ValueError:
-            raise ValueError(f"size must look like HEIGHTxWIDTH, e.g. 112x96, got {size!r}") from None
+            raise ConfigError(f"size must look like HEIGHTxWIDTH, e.g. 112x96, got {size!r}") from None
     else:
-        h, w = (int(v) for v in size)
+        try:
+            h, w = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"size must be (height, width), got {size!r}") from None
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {h}x{w}")
+        raise ConfigError(f"size must be positive, got {h}x{w}")
     return h, w
 
 

@@ -3,7 +3,10 @@
 Indexing a 500k-file tree must take seconds, not minutes, so the index is built from ``os.scandir`` entries
 only (directory reads; no per-file ``stat`` or ``open``), sorted for a reproducible label order, and can be
 cached to a JSON file that is revalidated with one ``stat`` per identity directory. Images are decoded only
-when a sample is requested, and a file that cannot be decoded raises :class:`DataError` naming it.
+when a sample is requested, by the package's one decoder (:mod:`centerloss.utils.images`, the same one
+evaluation uses). A file that cannot be decoded -- including a truncated JPEG, which is refused rather than
+grey-filled -- raises :class:`DataError` naming it, and training stops there (a documented choice: a crop
+that does not decode means the aligned set is broken; ``centerloss align`` lists such files).
 
 The label map (label -> identity name) is ``index.classes``; the engine saves it with every checkpoint.
 """
@@ -16,16 +19,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..utils.atomic import write_json
+from ..utils.images import IMAGE_EXTENSIONS, read_rgb
 from .transforms import to_tensor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _CACHE_VERSION = 1
 
 
@@ -37,6 +40,7 @@ class FolderIndex:
     classes: list[str]
     files: list[str]
     labels: np.ndarray = field(repr=False)  # (N,) int64
+    dropped: dict[str, int] = field(default_factory=dict)  # identity -> images, left out for min_images
 
     def __len__(self) -> int:
         return len(self.files)
@@ -111,14 +115,13 @@ def index_identity_folder(root: str | os.PathLike[str], extensions: Sequence[str
         if cache is not None:
             payload = {"version": _CACHE_VERSION, "root": root_s, "extensions": list(exts),
                        "classes": {d.name: [d.stat().st_mtime_ns, listing[d.name]] for d in dirs}}
-            tmp = Path(str(cache) + ".tmp")
-            tmp.write_text(json.dumps(payload), encoding="utf-8")
-            os.replace(tmp, cache)
+            write_json(cache, payload, indent=None)
     empty = [d.name for d in dirs if not listing[d.name]]
     if empty and on_empty == "error":
         raise DataError(f"{root_s}: {len(empty)} identity folder(s) contain no image with extension {list(exts)}, "
                         f"e.g. {os.path.join(root_s, empty[0])}; remove them or pass on_empty='skip'")
     classes = [d.name for d in dirs if len(listing[d.name]) >= max(min_images, 1)]
+    dropped = {d.name: len(listing[d.name]) for d in dirs if 0 < len(listing[d.name]) < max(min_images, 1)}
     if not classes:
         raise DataError(f"{root_s}: no identity folder has >= {max(min_images, 1)} images {list(exts)}")
     files: list[str] = []
@@ -127,7 +130,7 @@ def index_identity_folder(root: str | os.PathLike[str], extensions: Sequence[str
         names = listing[name]
         files.extend(f"{name}/{f}" for f in names)
         labels.extend([label] * len(names))
-    return FolderIndex(root_s, classes, files, np.asarray(labels, dtype=np.int64))
+    return FolderIndex(root_s, classes, files, np.asarray(labels, dtype=np.int64), dropped)
 
 
 def index_from_file_list(root: str | os.PathLike[str], files: Iterable[str], min_images: int = 1) -> FolderIndex:
@@ -144,6 +147,7 @@ def index_from_file_list(root: str | os.PathLike[str], files: Iterable[str], min
             raise DataError(f"file list entry {n} ({f!r}) must look like '<identity>/<image>'")
         by_class.setdefault(parts[0], []).append(f)
     classes = sorted(c for c, v in by_class.items() if len(v) >= max(min_images, 1))
+    dropped = {c: len(v) for c, v in sorted(by_class.items()) if len(v) < max(min_images, 1)}
     if not classes:
         raise DataError(f"the file list for {root_s} has no identity with >= {max(min_images, 1)} images")
     out_files: list[str] = []
@@ -152,17 +156,7 @@ def index_from_file_list(root: str | os.PathLike[str], files: Iterable[str], min
         names = sorted(set(by_class[c]))
         out_files.extend(names)
         labels.extend([label] * len(names))
-    return FolderIndex(root_s, classes, out_files, np.asarray(labels, dtype=np.int64))
-
-
-def read_rgb(path: str, expected_hw: Sequence[int] | None = None) -> np.ndarray:
-    """Decode an image file to uint8 RGB (H, W, 3); :class:`DataError` names the file if that fails."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        if not os.path.exists(path):
-            raise DataError(f"image file {path} does not exist (was the folder changed after indexing?)")
-        raise DataError(f"cannot decode image file {path} (empty, truncated or not an image)")
-    return check_hw(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), expected_hw, path)
+    return FolderIndex(root_s, classes, out_files, np.asarray(labels, dtype=np.int64), dropped)
 
 
 def check_hw(img: np.ndarray, expected_hw: Sequence[int] | None, where: str) -> np.ndarray:
@@ -210,9 +204,12 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        """``ds[i]`` uses the epoch set by :meth:`set_epoch`; ``ds[(i, epoch)]`` names it (the engine's sampler
+        does this, so persistent DataLoader workers need no state from the main process)."""
+        i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         x = to_tensor(self.load_rgb(i))  # (3, H, W)
-        if self.flip and flip_bit(self.seed, self.epoch, i):
+        if self.flip and flip_bit(self.seed, epoch, i):
             x = torch.flip(x, dims=[-1])
         return x, int(self.labels[i])
 
@@ -231,4 +228,4 @@ class IdentityFolderDataset(FaceDataset):
         return os.path.join(self.index.root, self.index.files[i])
 
     def load_rgb(self, i: int) -> np.ndarray:
-        return read_rgb(self.path(i), self.expected_hw)
+        return check_hw(read_rgb(self.path(i)), self.expected_hw, self.path(i))

@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 
 from ..errors import DataError
+from ..utils.images import read_rgb
 from .identity_folder import FaceDataset, check_hw
 
 MAGIC = 0xCED7230A
@@ -202,14 +202,6 @@ class RecordIOReader:
             yield rec
 
 
-def decode_image(payload: bytes, where: str) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 RGB (H, W, 3), or :class:`DataError` naming the record."""
-    img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{where}: payload of {len(payload)} bytes is not a decodable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _label_of(h: IRHeader) -> int:
     lab = h.label
     return int(lab[0]) if isinstance(lab, np.ndarray) else int(lab)
@@ -295,4 +287,4 @@ class RecordIODataset(FaceDataset):
         key = int(self.keys[i])
         where = f"{self.reader.rec_path} key {key}"
         _, payload = unpack(self.reader.read(key), where)
-        return check_hw(decode_image(payload, where), self.expected_hw, where)
+        return check_hw(read_rgb(payload, where), self.expected_hw, where)

@@ -18,24 +18,29 @@ Typical use::
     result = evaluate_pairs(fa, fb, pairs.issame, pairs.fold_ids)
 """
 
-from .features import extract_bin_features, extract_features, load_features, save_features
-from .identification import evaluate_identification, search_topk
-from .protocols import PairList, read_bin, read_lfw_pairs, read_video_pairs, video_features
-from .verification import VerificationResult, evaluate_pairs, stratified_subfolds
+from __future__ import annotations
 
-__all__ = [
-    "PairList",
-    "VerificationResult",
-    "evaluate_identification",
-    "evaluate_pairs",
-    "extract_bin_features",
-    "extract_features",
-    "load_features",
-    "read_bin",
-    "read_lfw_pairs",
-    "read_video_pairs",
-    "save_features",
-    "search_topk",
-    "stratified_subfolds",
-    "video_features",
-]
+import importlib
+from typing import Any
+
+# Lazy attributes (PEP 562): `centerloss eval --help` imports this package and must not pay for numpy.
+_WHERE = {
+    "extract_bin_features": "features", "extract_features": "features", "load_features": "features",
+    "save_features": "features", "evaluate_identification": "identification", "search_topk": "identification",
+    "PairList": "protocols", "read_bin": "protocols", "read_lfw_pairs": "protocols",
+    "read_video_pairs": "protocols", "video_features": "protocols", "VerificationResult": "verification",
+    "evaluate_pairs": "verification", "stratified_subfolds": "verification",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

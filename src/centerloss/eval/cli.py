@@ -1,7 +1,11 @@
 """Commands ``centerloss eval {lfw,bin,ytf,megaface}`` (``verify`` and ``embed`` live in :mod:`centerloss.face.cli`).
 
-Handlers import numpy/torch lazily so ``centerloss --help`` stays fast. Bad input ends with a one-line
-``error: ...`` on stderr and exit code 2.
+Handlers import numpy/torch lazily so ``centerloss --help`` stays fast. They raise
+:class:`~centerloss.errors.DataError` (bad input file) or :class:`~centerloss.errors.ConfigError` (bad option)
+naming the file or value, and :func:`centerloss.cli.main` prints the one line
+``centerloss eval: error: ...`` and returns exit code 2 (1 when the run itself failed, e.g. the disk filled
+up). Inputs are validated first, then the output folder is checked (``check_output_dir``), then features are
+extracted and the report is written all at once (:mod:`.report`).
 """
 
 from __future__ import annotations
@@ -9,16 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CenterLossError
+from ..errors import ConfigError, DataError
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
 EVAL_HELP = """\
-Evaluate face features with the paper's protocols (PAPER.md Sec. 4-5).
+Evaluate face features with the paper's protocols (docs/METHOD.md; paper Sec. 4-5).
 
   lfw       LFW pairs.txt, 10-fold: accuracy mean +- std, ROC AUC, EER, TAR@FAR, plots
   bin       an InsightFace .bin verification set (lfw.bin, cfp_fp.bin, agedb_30.bin ...), 10-fold
@@ -29,7 +32,7 @@ Each writes OUT/report.json, OUT/report.md and plots. Run `centerloss eval lfw -
 """
 
 LFW_HELP = """\
-LFW verification, the paper's protocol (PAPER.md Sec. 4). For each of the folds of PAIRS:
+LFW verification, the paper's protocol (docs/METHOD.md; paper Sec. 4). For each of the folds of PAIRS:
   1. fit the mean feature (and, with --pca-dim, a PCA basis) on the OTHER folds' pairs only;
   2. centre, project, L2-normalise and score every pair by cosine similarity;
   3. pick the accuracy-maximising threshold on the other folds, apply it to the held-out fold.
@@ -54,17 +57,6 @@ fold_accuracies, fold_thresholds and verify_threshold: the plain-cosine threshol
 mean over folds) to store as meta["threshold"] in a checkpoint for `centerloss verify`.
 """
 
-
-
-def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (CenterLossError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapped
 
 
 def _default_cache() -> str:
@@ -122,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sub-fold split [0]")
     _add_verif_options(p)
     _add_model_options(p)
-    p.set_defaults(func=_errors(_eval_lfw))
+    p.set_defaults(func=_eval_lfw)
 
     p = esub.add_parser("bin", help="InsightFace .bin verification set, 10-fold",
                         description="Evaluate a model on an InsightFace .bin set (pickle of JPEG bytes + issame list),"
@@ -134,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-folds", type=int, default=10, help="folds [10]")
     _add_verif_options(p)
     _add_model_options(p, fit_default="center-crop")
-    p.set_defaults(func=_errors(_eval_bin))
+    p.set_defaults(func=_eval_bin)
 
     p = esub.add_parser("ytf", help="YouTube-Faces-style video pairs", formatter_class=_RAW,
                         description="Video verification: each video's feature is the mean of its frames' features "
@@ -145,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", required=True, help="splits.txt: 'split, pair, video1, video2, is_same' per line")
     p.add_argument("--normalize-frames", action="store_true", help="L2-normalise frames before averaging")
     _add_verif_options(p)
-    p.set_defaults(func=_errors(_eval_ytf))
+    p.set_defaults(func=_eval_ytf)
 
     p = esub.add_parser("megaface", help="1:N identification with distractors (rank-1, TAR@FAR=1e-6)",
                         formatter_class=_RAW, description=_MEGAFACE_HELP)
@@ -157,12 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--far", type=float, action="append", default=None, help="FAR for TAR (repeatable) [1e-6]")
     p.add_argument("--backend", choices=("auto", "faiss", "torch"), default="auto", help="search backend [auto]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_errors(_eval_megaface))
+    p.set_defaults(func=_eval_megaface)
 
 
 
 _MEGAFACE_HELP = """\
-MegaFace-style 1:N identification (PAPER.md Sec. 5-6). Genuine trials are (probe, gallery) pairs of the
+MegaFace-style 1:N identification (docs/METHOD.md; paper Sec. 5-6). Genuine trials are (probe, gallery) pairs of the
 same identity -- without --gallery, the probe set is its own gallery and a probe never matches itself.
   rank-1           the mate scores strictly above every distractor (each mate enrolled alone among them)
   closed-set rank-1  the nearest neighbour in gallery + distractors has the probe's identity
@@ -181,25 +173,43 @@ def _size(text: str | None) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise CenterLossError(f"--input-size must look like 112x96, got {text!r}") from None
+        raise ConfigError(f"--input-size must look like 112x96, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"--input-size must be positive, got {text!r}")
     return h, w
 
 
 def _load_model(path: str, device: str) -> tuple[Any, dict[str, Any]]:
     from ..models.io import load_model
-    from .features import _resolve_device
+    from ..utils.device import resolve_device
 
+    dev = resolve_device(device)  # a bad --device is refused before the model file is read
     model, meta = load_model(path)
-    return model.to(_resolve_device(device)), meta
+    return model.to(dev), meta
 
 
 def _extract_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     return {"batch_size": args.batch_size, "combine": args.combine, "input_size": _size(args.input_size),
             "fit": args.fit, "device": args.device, "num_workers": args.workers, "progress": not args.quiet}
 
 
 def _fars(args: argparse.Namespace, default: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(args.far) if args.far else default
+    fars = tuple(args.far) if args.far else default
+    bad = [f for f in fars if not 0 <= f <= 1]
+    if bad:
+        raise ConfigError(f"--far must be in [0, 1], got {bad[0]:g}")
+    return fars
+
+
+def _check_out(args: argparse.Namespace) -> Path:
+    """The output folder, proven writable before any long work (a read-only or file path is refused)."""
+    from ..utils.atomic import check_output_dir
+
+    return check_output_dir(args.out)
 
 
 def _run_verification(fa, fb, issame, fold_ids, args: argparse.Namespace, title: str, inputs: dict[str, Any],
@@ -222,9 +232,11 @@ def _run_verification(fa, fb, issame, fold_ids, args: argparse.Namespace, title:
                 "subtraction or PCA; store it as meta['threshold'] for `centerloss verify`",
     }, "seconds": {"evaluate": time.perf_counter() - t0}}
     rep = write_verification_report(res, args.out, title, inputs, extra, plots=not args.no_plots)
-    tars = ", ".join(f"TAR@{k} {100 * v:.2f}%" for k, v in rep["tar_at_far"].items())
+    tars = ", ".join(f"TAR@{k} {100 * v:.2f}%" for k, v in res.tar_at_far.items())
     print(f"{title}: accuracy {100 * res.accuracy_mean:.2f} +- {100 * res.accuracy_std:.2f}% over "
           f"{res.folds.size} folds, AUC {res.auc:.4f}, EER {100 * res.eer:.2f}%, {tars}")
+    if rep.get("plots_skipped"):
+        print(f"plots skipped: {rep['plots_skipped']}", file=sys.stderr)
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     return rep
 
@@ -232,39 +244,50 @@ def _run_verification(fa, fb, issame, fold_ids, args: argparse.Namespace, title:
 # ---------------------------------------------------------------- handlers
 
 
+def _select_folds(pairs, folds: str | None, source: str):
+    if not folds:
+        return pairs
+    try:
+        wanted = sorted({int(v) - 1 for v in folds.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(f"--folds takes 1-based fold numbers like 1 or 2,5,7; got {folds!r}") from None
+    if not wanted:
+        raise ConfigError(f"--folds names no fold: {folds!r}")
+    bad = [f + 1 for f in wanted if f not in set(pairs.fold_ids.tolist())]
+    if bad:
+        raise ConfigError(f"{source} has folds 1..{int(pairs.fold_ids.max()) + 1}; no fold {bad}")
+    return pairs.folds(*wanted)
+
+
 def _eval_lfw(args: argparse.Namespace) -> int:
     from .features import extract_features, load_features, save_features
     from .protocols import read_lfw_pairs
 
-    pairs = read_lfw_pairs(args.pairs)
-    if args.folds:
-        try:
-            wanted = sorted({int(v) - 1 for v in args.folds.split(",") if v.strip()})
-        except ValueError:
-            raise CenterLossError(f"--folds takes 1-based fold numbers like 1 or 2,5,7; got {args.folds!r}") from None
-        bad = [f + 1 for f in wanted if f not in set(pairs.fold_ids.tolist())]
-        if bad:
-            raise CenterLossError(f"{args.pairs} has folds 1..{int(pairs.fold_ids.max()) + 1}; no fold {bad}")
-        pairs = pairs.folds(*wanted)
+    pairs = _select_folds(read_lfw_pairs(args.pairs), args.folds, args.pairs)
+    _fars(args, (1e-3,))
     inputs: dict[str, Any] = {"pairs": str(args.pairs), "folds": args.folds or "all"}
     if args.features:
         table = load_features(args.features)
         paths, feats = table.paths, table.features
+        index = pairs.indices(paths)
+        _check_out(args)
         inputs["features"] = str(args.features)
     else:
         if not args.images:
-            raise CenterLossError("--model needs --images DIR (the aligned crops)")
+            raise ConfigError("--model needs --images DIR (the aligned crops)")
         pairs.check_images(args.images)
+        kwargs = _extract_kwargs(args)
         model, _ = _load_model(args.model, args.device)
+        out = _check_out(args)
         paths = pairs.items()
         feats = extract_features(model, paths, args.images, model_path=args.model,
-                                 cache_dir=None if args.no_cache else args.cache_dir, **_extract_kwargs(args))
-        save_features(Path(args.out) / "features.npz", paths, feats,
-                      {"model": str(args.model), "combine": args.combine})
+                                 cache_dir=None if args.no_cache else args.cache_dir, **kwargs)
+        index = pairs.indices(paths)
+        save_features(out / "features.npz", paths, feats, {"model": str(args.model), "combine": args.combine})
         inputs.update(model=str(args.model), images=str(args.images), combine=args.combine)
     inputs["feature_dim"] = int(feats.shape[1])
     _run_verification(feats, None, pairs.issame, pairs.fold_ids, args, "LFW verification", inputs,
-                      subfolds=args.subfolds, seed=args.seed, pair_index=pairs.indices(paths))
+                      subfolds=args.subfolds, seed=args.seed, pair_index=index)
     return 0
 
 
@@ -273,10 +296,13 @@ def _eval_bin(args: argparse.Namespace) -> int:
     from .protocols import read_bin
 
     s = read_bin(args.bin)
+    folds = s.fold_ids(args.n_folds)
+    _fars(args, (1e-3,))
+    kwargs = _extract_kwargs(args)
     model, _ = _load_model(args.model, args.device)
-    feats = extract_bin_features(model, s.images, **_extract_kwargs(args))  # (2P, E)
-    _run_verification(feats[0::2], feats[1::2], s.issame, s.fold_ids(args.n_folds), args,
-                      f"{Path(args.bin).stem} verification",
+    _check_out(args)
+    feats = extract_bin_features(model, s.images, source=str(args.bin), **kwargs)  # (2P, E)
+    _run_verification(feats[0::2], feats[1::2], s.issame, folds, args, f"{Path(args.bin).stem} verification",
                       {"bin": str(args.bin), "model": str(args.model), "combine": args.combine, "fit": args.fit})
     return 0
 
@@ -287,41 +313,34 @@ def _eval_ytf(args: argparse.Namespace) -> int:
 
     pairs = read_video_pairs(args.splits)
     table = load_features(args.features)
-    ids, vf = video_features(table.paths, table.features, pairs.items(), normalize_frames=args.normalize_frames)
+    _fars(args, (1e-3,))
+    try:
+        ids, vf = video_features(table.paths, table.features, pairs.items(), normalize_frames=args.normalize_frames)
+    except DataError as e:
+        raise DataError(f"{args.features} (frames for {args.splits}): {e}") from None
     fa, fb = pairs.gather(ids, vf)
+    _check_out(args)
     _run_verification(fa, fb, pairs.issame, pairs.fold_ids, args, "Video verification (YTF-style)",
                       {"features": str(args.features), "splits": str(args.splits), "videos": len(ids)})
     return 0
 
 
-def _load_distractors(path: str):
-    import numpy as np
-
-    from .features import load_features
-
-    p = Path(path)
-    if p.suffix == ".npy":
-        if not p.is_file():
-            raise CenterLossError(f"distractor file not found: {p}")
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        if arr.ndim != 2:
-            raise CenterLossError(f"{p}: expected an (N, D) array, got {arr.shape}")
-        return arr
-    return load_features(p).features
-
-
 def _eval_megaface(args: argparse.Namespace) -> int:
-    from .features import load_features
+    from .features import load_distractors, load_features
     from .identification import evaluate_identification
     from .report import write_identification_report
 
+    fars = _fars(args, (1e-6,))
     probes = load_features(args.probes)
     gallery = load_features(args.gallery) if args.gallery else probes
-    pl = [p.split("/")[0] for p in probes.paths]
-    gl = [p.split("/")[0] for p in gallery.paths]
-    pc, gc = _codes(pl, gl)
-    res = evaluate_identification(probes.features, pc, gallery.features, gc,
-                                  _load_distractors(args.distractors), fars=_fars(args, (1e-6,)),
+    d = probes.features.shape[1]
+    if gallery.features.shape[1] != d:
+        raise DataError(f"{args.gallery}: gallery features are {gallery.features.shape[1]}-dim but the probes "
+                        f"{args.probes} are {d}-dim")
+    distractors = load_distractors(args.distractors, dim=d)
+    _check_out(args)
+    pc, gc = _codes([p.split("/")[0] for p in probes.paths], [p.split("/")[0] for p in gallery.paths])
+    res = evaluate_identification(probes.features, pc, gallery.features, gc, distractors, fars=fars,
                                   same_set=args.gallery is None, backend=args.backend, progress=not args.quiet)
     write_identification_report(res, args.out, "1:N identification",
                                 {"probes": args.probes, "gallery": args.gallery or "(probes)",

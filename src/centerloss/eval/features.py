@@ -1,25 +1,30 @@
 """Feature extraction: the I/O layer that feeds the pure evaluation maths.
 
-The paper's test feature (PAPER.md Sec. 4): the embedding of the aligned crop and of its horizontal flip,
-concatenated (``combine="concat"``, 2 x embed_dim); ``"sum"`` adds them instead (embed_dim) and ``"none"``
-skips the flip. Crops are uint8 RGB, normalised by :func:`centerloss.data.transforms.to_tensor`.
+The paper's test feature (docs/METHOD.md; paper Sec. 4): the embedding of the aligned crop and of its horizontal
+flip, concatenated (``combine="concat"``, 2 x embed_dim); ``"sum"`` adds them instead (embed_dim) and
+``"none"`` skips the flip. Crops are uint8 RGB, decoded by the project's one decoder
+(:func:`centerloss.utils.images.read_rgb`: a truncated file or a decompression bomb is a
+:class:`~centerloss.errors.DataError` naming the image, for files and for a ``.bin`` set's bytes alike) and
+normalised by :func:`centerloss.data.transforms.to_tensor`.
 
 Extraction is batched, shows a progress bar, runs the model in eval mode under ``torch.no_grad`` and visits
 images in the given order, so the same inputs give the same features. With ``cache_dir`` the result is
 stored as ``<cache_dir>/<key>.npz``; the key hashes the model (file bytes, or the state dict of an in-memory
 model), the image list (relative path, size and mtime of each file) and every option that changes the
-numbers. Change any of them and the features are recomputed.
+numbers. Change any of them and the features are recomputed. A cache entry that cannot be read is recomputed
+and replaced; one that cannot be written is reported and skipped (the cache only saves time).
 
 Features files (``FEATS.npz``) hold ``paths`` (relative, ``/``-separated, e.g. ``Name/Name_0001.jpg``),
-``features`` (N, D) float32 and ``meta`` (a JSON string). They load with ``allow_pickle=False``.
+``features`` (N, D) float32 and ``meta`` (a JSON string). They load with ``allow_pickle=False`` and are
+validated (:func:`load_features`); every write is atomic (:mod:`centerloss.utils.atomic`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,29 +32,32 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import CenterLossError, DataError
+from ..utils.atomic import atomic_path, check_output_dir
+from ..utils.images import IMAGE_EXTENSIONS, read_rgb
 
 __all__ = [
     "COMBINE_MODES",
     "FIT_MODES",
     "FeatureTable",
-    "decode_image",
+    "check_feature_matrix",
     "embed_images",
     "extract_bin_features",
     "extract_features",
     "fit_image",
     "list_images",
+    "load_distractors",
     "load_features",
-    "load_image",
     "model_fingerprint",
     "save_features",
 ]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTS = IMAGE_EXTENSIONS  # kept for callers of the old name
 COMBINE_MODES = ("concat", "sum", "none")
 FIT_MODES = ("error", "center-crop", "resize")
 DEFAULT_INPUT_SIZE = (112, 96)  # (H, W), the paper's crop
 _CACHE_FORMAT = 1
+_CHECK_BYTES = 64 << 20  # rows checked for NaN/Inf per block of a (memory-mapped) matrix
 
 
 # ---------------------------------------------------------------- features files
@@ -67,18 +75,70 @@ class FeatureTable:
         return {p: i for i, p in enumerate(self.paths)}
 
 
+def _nonfinite_rows(arr: np.ndarray) -> tuple[int, int]:
+    """(number of rows holding NaN/Inf, index of the first such row or -1), reading ``arr`` in blocks so a
+    memory-mapped matrix larger than RAM is checked in bounded memory."""
+    n, d = arr.shape
+    step = max(1, _CHECK_BYTES // max(1, d * arr.dtype.itemsize))
+    count, first = 0, -1
+    for i in range(0, n, step):
+        bad = ~np.isfinite(np.asarray(arr[i:i + step])).all(axis=1)  # (C,)
+        if bad.any():
+            count += int(bad.sum())
+            if first < 0:
+                first = i + int(np.argmax(bad))
+    return count, first
+
+
+def check_feature_matrix(arr: np.ndarray, source: str, what: str = "features") -> None:
+    """Refuse (DataError naming ``source``) anything but a non-empty (N, D) float matrix of finite values."""
+    if arr.ndim != 2:
+        raise DataError(f"{source}: {what} must be a 2-D (N, D) array, got shape {arr.shape}")
+    n, d = arr.shape
+    if n == 0:
+        raise DataError(f"{source}: {what}: empty, shape (0, {d})")
+    if d == 0:
+        raise DataError(f"{source}: {what}: zero width, shape ({n}, 0)")
+    if arr.dtype.kind != "f":
+        raise DataError(f"{source}: {what} must be floating point, got {arr.dtype}")
+    bad, first = _nonfinite_rows(arr)
+    if bad == n:
+        raise DataError(f"{source}: {what}: all {n} rows contain NaN or Inf")
+    if bad:
+        raise DataError(f"{source}: {what}: {bad} of {n} rows contain NaN or Inf (first: row {first})")
+
+
 def save_features(path: str | os.PathLike[str], paths: Sequence[str], features: np.ndarray,
                   meta: dict[str, Any] | None = None) -> None:
     """Atomically write a features file (uncompressed ``.npz``: it loads in milliseconds)."""
     feats = np.asarray(features, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] != len(paths):
         raise DataError(f"features must be (N, D) with N = {len(paths)}, got {feats.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, paths=np.array(list(paths), dtype=np.str_), features=feats,
-             meta=np.array(json.dumps(meta or {}, sort_keys=True)))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, paths=np.array(list(paths), dtype=np.str_), features=feats,
+                 meta=np.array(json.dumps(meta or {}, sort_keys=True)))
+
+
+def _read_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (no pickles); any failure is a DataError naming the file."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as e:  # pickled content: object arrays, or not an npz/npy at all
+        raise DataError(f"{path}: not a plain numeric .npz file ({e})") from None
+    except Exception as e:  # BadZipFile, EOFError, OSError ...
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds a single array, not an .npz with arrays {', '.join(required)}")
+    with z:
+        keys = set(z.files)
+        if not set(required) <= keys:
+            raise DataError(f"{path} must hold arrays {' and '.join(map(repr, required))}; it has {sorted(keys)}")
+        try:
+            return {k: z[k] for k in keys}
+        except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+            raise DataError(f"{path}: holds object (pickled) arrays, which are refused ({e})") from None
+        except Exception as e:
+            raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def load_features(path: str | os.PathLike[str]) -> FeatureTable:
@@ -86,30 +146,47 @@ def load_features(path: str | os.PathLike[str]) -> FeatureTable:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"features file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            if not {"paths", "features"} <= keys:
-                raise DataError(f"{path} must hold arrays 'paths' and 'features'; it has {sorted(keys)}")
-            paths = z["paths"]
-            feats = z["features"]
-            meta = json.loads(str(z["meta"])) if "meta" in keys else {}
-    except DataError:
-        raise
-    except Exception as e:  # zipfile/numpy raise many types for corrupt or pickled content
-        raise DataError(f"cannot read features file {path}: {e}") from e
+    z = _read_npz(path, ("paths", "features"))
+    paths, feats = z["paths"], z["features"]
     if paths.ndim != 1 or paths.dtype.kind not in "US":
         raise DataError(f"{path}: 'paths' must be a 1-D array of strings, got {paths.dtype} {paths.shape}")
     if feats.ndim != 2 or feats.shape[0] != paths.shape[0]:
         raise DataError(f"{path}: 'features' must be (N, D) with N = {paths.shape[0]} paths, got {feats.shape}")
-    if feats.dtype.kind != "f":
-        raise DataError(f"{path}: 'features' must be floating point, got {feats.dtype}")
-    if not np.all(np.isfinite(feats)):
-        raise DataError(f"{path}: {int((~np.isfinite(feats)).any(1).sum())} feature rows contain NaN or inf")
+    check_feature_matrix(feats, str(path), "'features'")
+    meta: dict[str, Any] = {}
+    if "meta" in z:
+        try:
+            meta = json.loads(str(z["meta"]))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: 'meta' is not a JSON string ({e})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
     plist = [str(p) for p in paths.tolist()]
     if len(set(plist)) != len(plist):
-        raise DataError(f"{path}: 'paths' contains duplicates")
+        dup = next(p for i, p in enumerate(plist) if p in plist[:i])
+        raise DataError(f"{path}: 'paths' contains duplicates, e.g. {dup!r}")
     return FeatureTable(plist, np.ascontiguousarray(feats, dtype=np.float32), meta)
+
+
+def load_distractors(path: str | os.PathLike[str], dim: int | None = None) -> np.ndarray:
+    """Distractor features (N, D): a ``.npy`` (memory-mapped, checked for NaN/Inf in blocks) or an ``.npz``
+    with ``features`` (and optionally ``paths``). ``dim``: the probes' width, which they must share."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"distractor file not found: {p}")
+    if p.suffix == ".npy":
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:  # object dtype, pickled content, bad header, data shorter than the header says
+            raise DataError(f"{p}: not a plain numeric .npy array ({e})") from None
+        except Exception as e:
+            raise DataError(f"cannot read {p}: {type(e).__name__}: {e}") from None
+    else:
+        arr = _read_npz(p, ("features",))["features"]
+    check_feature_matrix(arr, str(p), "distractor features")
+    if dim is not None and arr.shape[1] != dim:
+        raise DataError(f"{p}: distractor features are {arr.shape[1]}-dim but the probes are {dim}-dim")
+    return arr
 
 
 # ---------------------------------------------------------------- images
@@ -120,9 +197,10 @@ def list_images(root: str | os.PathLike[str]) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    out = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    out = [p.relative_to(root).as_posix() for p in root.rglob("*")
+           if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     if not out:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return sorted(out)
 
 
@@ -148,37 +226,6 @@ def fit_image(img: np.ndarray, size: tuple[int, int], fit: str = "error", name: 
     raise DataError(f"unknown fit mode {fit!r}; choose one of {FIT_MODES}")
 
 
-def _to_rgb_array(im: Any, name: str) -> np.ndarray:
-    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise DataError(f"{name}: decoded to shape {arr.shape}, expected (H, W, 3)")
-    return arr
-
-
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return _to_rgb_array(im, str(path))
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot decode image {path}: {e}") from e
-
-
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Encoded image bytes (JPEG/PNG, e.g. from a ``.bin``) as uint8 RGB (H, W, 3)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return _to_rgb_array(im, name)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot decode {name}: {e}") from e
-
-
 # ---------------------------------------------------------------- model side
 
 
@@ -201,14 +248,6 @@ def model_fingerprint(model: Any = None, path: str | os.PathLike[str] | None = N
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _resolve_device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def embed_images(model: Any, images: np.ndarray, combine: str = "concat", device: Any = None) -> np.ndarray:
@@ -236,14 +275,19 @@ def _batches(n: int, batch_size: int) -> Iterator[range]:
         yield range(i, min(i + batch_size, n))
 
 
-def _run(model: Any, n: int, get: Callable[[int], np.ndarray], *, batch_size: int, combine: str, device: str,
-         progress: bool, desc: str, num_workers: int) -> np.ndarray:
-    """Shared loop: ``get(i)`` returns crop ``i`` (already fitted). Decoding runs in ``num_workers`` threads."""
+def _run(model: Any, n: int, get: Callable[[int], np.ndarray], name: Callable[[int], str], *, batch_size: int,
+         combine: str, device: str, progress: bool, desc: str, num_workers: int) -> np.ndarray:
+    """Shared loop: ``get(i)`` returns crop ``i`` (already fitted), ``name(i)`` what errors call it.
+    Decoding runs in ``num_workers`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    dev = _resolve_device(device)
+    from ..utils.device import resolve_device
+
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
     model = model.eval().to(dev)
     out: list[np.ndarray] = []
     pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
@@ -255,14 +299,49 @@ def _run(model: Any, n: int, get: Callable[[int], np.ndarray], *, batch_size: in
                 bar.update(len(idx))
     finally:
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     if not out:
         raise DataError("no images to embed")
-    return np.concatenate(out).astype(np.float32, copy=False)
+    feats = np.concatenate(out).astype(np.float32, copy=False)  # (N, E)
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if bad.size:
+        raise DataError(f"the model produced NaN/Inf features for {bad.size} of {n} images, e.g. {name(bad[0])}")
+    return feats
 
 
 def _cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_file(model: Any, model_path: Any, paths: Sequence[str], root: Path, cache_dir: Any,
+                options: dict[str, Any]) -> Path:
+    items = []
+    for p in paths:
+        try:
+            st = (root / p).stat()
+        except FileNotFoundError:
+            raise DataError(f"image not found: {root / p}") from None
+        items.append([p, st.st_size, st.st_mtime_ns])
+    key = _cache_key({"format": _CACHE_FORMAT, "model": model_fingerprint(model, model_path), "items": items,
+                      "root": str(root.resolve()), **options})
+    return Path(cache_dir) / f"{key}.npz"
+
+
+def _read_cache(cache_file: Path, paths: Sequence[str]) -> np.ndarray | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        table = load_features(cache_file)
+    except DataError:  # damaged entry: recompute, and the atomic write replaces it
+        return None
+    return table.features if table.paths == list(paths) else None
+
+
+def _write_cache(cache_file: Path, paths: Sequence[str], feats: np.ndarray, meta: dict[str, Any]) -> None:
+    try:
+        save_features(cache_file, paths, feats, meta)
+    except CenterLossError as e:  # disk full, folder gone read-only: the features are still good
+        print(f"warning: feature cache not written: {e}", file=sys.stderr)
 
 
 def extract_features(
@@ -290,10 +369,13 @@ def extract_features(
         input_size: (H, W) the model takes; default ``model.input_size`` if it has one, else (112, 96).
         fit: what to do with crops of another size, see :func:`fit_image`.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` ...
-        cache_dir: reuse/store the result here (key described in the module docstring).
+        cache_dir: reuse/store the result here (key described in the module docstring); it is checked to be
+            writable before any image is embedded.
         model_path: the checkpoint file ``model`` came from (hashing it is cheaper than the state dict).
         num_workers: threads that decode images while the model runs (0: decode inline).
     """
+    from ..utils.device import resolve_device
+
     root = Path(root)
     size = tuple(input_size or getattr(model, "input_size", None) or DEFAULT_INPUT_SIZE)
     if combine not in COMBINE_MODES:
@@ -302,36 +384,22 @@ def extract_features(
         raise DataError(f"unknown fit mode {fit!r}; choose one of {FIT_MODES}")
     cache_file = None
     if cache_dir is not None:
-        items = []
-        for p in paths:
-            try:
-                st = (root / p).stat()
-            except FileNotFoundError:
-                raise DataError(f"image not found: {root / p}") from None
-            items.append([p, st.st_size, st.st_mtime_ns])
-        key = _cache_key({
-            "format": _CACHE_FORMAT,
-            "model": model_fingerprint(model, model_path),
-            "items": items,
-            "root": str(root.resolve()),
-            "combine": combine,
-            "input_size": list(size),
-            "fit": fit,
-            "device": _resolve_device(device).type,
-        })
-        cache_file = Path(cache_dir) / f"{key}.npz"
-        if cache_file.is_file():
-            table = load_features(cache_file)
-            if table.paths == list(paths):
-                return table.features
+        options = {"combine": combine, "input_size": list(size), "fit": fit,
+                   "device": resolve_device(device).type}
+        cache_file = _cache_file(model, model_path, paths, root, cache_dir, options)
+        cached = _read_cache(cache_file, paths)
+        if cached is not None:
+            return cached
+        check_output_dir(cache_dir, "feature cache folder")
 
     def get(i: int) -> np.ndarray:
-        return fit_image(load_image(root / paths[i]), size, fit, name=str(root / paths[i]))  # type: ignore[arg-type]
+        src = root / paths[i]
+        return fit_image(read_rgb(src), size, fit, name=str(src))  # type: ignore[arg-type]
 
-    feats = _run(model, len(paths), get, batch_size=batch_size, combine=combine, device=device,
-                 progress=progress, desc="embedding", num_workers=num_workers)
+    feats = _run(model, len(paths), get, lambda i: str(root / paths[i]), batch_size=batch_size, combine=combine,
+                 device=device, progress=progress, desc="embedding", num_workers=num_workers)
     if cache_file is not None:
-        save_features(cache_file, paths, feats, {"combine": combine, "input_size": list(size), "fit": fit})
+        _write_cache(cache_file, paths, feats, {"combine": combine, "input_size": list(size), "fit": fit})
     return feats
 
 
@@ -346,13 +414,18 @@ def extract_bin_features(
     device: str = "cpu",
     num_workers: int = 0,
     progress: bool = True,
+    source: str = ".bin set",
 ) -> np.ndarray:
     """Features ``(2P, E)`` of a ``.bin`` set's encoded images (:class:`protocols.BinSet.images`). InsightFace
-    crops are 112x112; the default ``fit="center-crop"`` turns them into the paper's 112x96 template."""
+    crops are 112x112; the default ``fit="center-crop"`` turns them into the paper's 112x96 template.
+    ``source`` (the .bin file) and the image's index name a bad image in errors."""
     size = tuple(input_size or getattr(model, "input_size", None) or DEFAULT_INPUT_SIZE)
 
-    def get(i: int) -> np.ndarray:
-        return fit_image(decode_image(images[i], f"image {i}"), size, fit, name=f".bin image {i}")  # type: ignore[arg-type]
+    def name(i: int) -> str:
+        return f"{source} image {i} (pair {i // 2})"
 
-    return _run(model, len(images), get, batch_size=batch_size, combine=combine, device=device,
+    def get(i: int) -> np.ndarray:
+        return fit_image(read_rgb(images[i], name=name(i)), size, fit, name=name(i))  # type: ignore[arg-type]
+
+    return _run(model, len(images), get, name, batch_size=batch_size, combine=combine, device=device,
                 progress=progress, desc="embedding .bin", num_workers=num_workers)

@@ -1,4 +1,4 @@
-"""1:N identification, MegaFace-style (PAPER.md Sec. 5-6): pure array maths, no image I/O.
+"""1:N identification, MegaFace-style (docs/METHOD.md; paper Sec. 5-6): pure array maths, no image I/O.
 
 Inputs are features of *probes* and of a labelled *gallery* (the probes' mates), plus unlabelled
 *distractors* (up to a million or more; a ``np.memmap`` works and is read in chunks). Scores are cosine
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from . import metrics
 
 __all__ = ["IdentificationResult", "available_backends", "evaluate_identification", "search_topk"]
@@ -96,7 +96,10 @@ def search_topk(
     if backend == "auto":
         backend = available_backends()[0]
     if backend not in ("faiss", "torch"):
-        raise DataError(f"unknown search backend {backend!r}; choose faiss, torch or auto")
+        raise ConfigError(f"unknown search backend {backend!r}; choose faiss, torch or auto")
+    if backend == "faiss" and "faiss" not in available_backends():
+        raise ConfigError("search backend faiss is not installed: install centerloss[faiss], or use the torch "
+                          "backend (--backend torch or auto)")
     if chunk_rows is None:
         chunk_rows = max(4 * k, min(n, (1 << 26) // max(1, q.shape[0])))
     from tqdm import tqdm

@@ -3,7 +3,7 @@
 
 * :func:`read_lfw_pairs` -- ``pairs.txt`` (View 2: header ``10\\t300``; View 1: header ``1100``).
 * :func:`read_video_pairs` and :func:`video_features` -- YTF ``splits.txt``-style lists; a video's feature is
-  the mean of its frames' features (PAPER.md Sec. 6).
+  the mean of its frames' features (docs/METHOD.md; paper Sec. 6).
 * :func:`read_bin` -- a pickle of ``(list of JPEG bytes, issame list)``, read by an unpickler that can build
   nothing but bytes, str, lists, tuples, bools and small ints, so a hostile file cannot run code.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "BinSet",
@@ -91,6 +91,47 @@ class PairList:
         return ia, ib
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A protocol file's text; a binary or non-UTF-8 file is refused naming the line of the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if b"\x00" in data:
+        at = data.index(b"\x00")
+        raise DataError(f"{path}:{_line_of(data, at)}: a binary file (NUL byte at offset {at}), not a {what}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{_line_of(data, e.start)}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start}); a {what} is plain text") from None
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _check_distinct(source: str, left: Sequence[str], right: Sequence[str], linenos: Sequence[int]) -> None:
+    """Refuse a pair of an item with itself, and the same unordered pair listed twice (it would count twice
+    in the accuracy, and could sit in two folds at once)."""
+    seen: dict[tuple[str, str], int] = {}
+    repeats: list[tuple[int, int, tuple[str, str]]] = []
+    for a, b, lno in zip(left, right, linenos, strict=True):
+        if a == b:
+            raise DataError(f"{source}:{lno}: pairs {a} with itself")
+        key = (a, b) if a <= b else (b, a)
+        if key in seen:
+            repeats.append((seen[key], lno, key))
+        else:
+            seen[key] = lno
+    if repeats:
+        first, lno, (a, b) = repeats[0]
+        more = f"; {len(repeats)} repeated pairs in all" if len(repeats) > 1 else ""
+        raise DataError(f"{source}: lines {first} and {lno} are the same pair ({a}, {b}){more}")
+
+
 def _int_field(tok: str, what: str, where: str) -> int:
     try:
         v = int(tok)
@@ -111,14 +152,12 @@ def read_lfw_pairs(
     Layout: a header ``n_folds n_per_class`` (View 1 files have just ``n_per_class``: one fold), then per
     fold ``n_per_class`` matched lines ``name i j`` followed by ``n_per_class`` mismatched lines
     ``name1 i name2 j``. Items become ``path_format`` paths (default ``Name/Name_0001.jpg``). Blank lines are
-    skipped. Any deviation is a :class:`DataError` naming the line number and content. With ``image_root``
-    every image must exist there.
+    skipped. Any deviation is a :class:`DataError` naming the line number and content; so are a binary or
+    non-UTF-8 file, a pair of an image with itself and the same pair listed twice. With ``image_root`` every
+    image must exist there.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read pairs file {path}: {e}") from e
+    text = _read_text(path, "pairs file")
     lines = [(i + 1, ln.strip()) for i, ln in enumerate(text.splitlines()) if ln.strip()]
     if not lines:
         raise DataError(f"{path} is empty")
@@ -136,7 +175,7 @@ def read_lfw_pairs(
     if len(body) != expected:
         raise DataError(f"{path}: header {header!r} promises {n_folds} folds x 2 x {n_per} = {expected} pair lines, "
                         f"found {len(body)}")
-    left, right, same, folds = [], [], [], []
+    left, right, same, folds, linenos = [], [], [], [], []
     for k, (lno, ln) in enumerate(body):
         fold, pos = divmod(k, 2 * n_per)
         matched = pos < n_per
@@ -158,6 +197,8 @@ def read_lfw_pairs(
         right.append(path_format.format(name=n2, num=j))
         same.append(matched)
         folds.append(fold)
+        linenos.append(lno)
+    _check_distinct(str(path), left, right, linenos)
     pairs = PairList(left, right, np.array(same, dtype=bool), np.array(folds, dtype=np.int64), str(path))
     if image_root is not None:
         pairs.check_images(image_root)
@@ -167,40 +208,55 @@ def read_lfw_pairs(
 # ---------------------------------------------------------------- YouTube Faces-style video pairs
 
 
+YTF_HEADER = "split number, pair number, first name, second name, is same"
+
+
+def _video_pair_line(tok: list[str], ln: str, where: str) -> tuple[int, str, str, bool]:
+    """One data line of a splits file -> (0-based split, video1, video2, is_same)."""
+    if len(tok) < 5:
+        raise DataError(f"{where}: expected 'split, pair, video1, video2, is_same', got {ln!r}")
+    split = _int_field(tok[0], "split number", where)
+    if not tok[1].isdigit():
+        raise DataError(f"{where}: pair number must be an integer, got {tok[1]!r}")
+    if tok[4] not in ("0", "1"):
+        raise DataError(f"{where}: is_same must be 0 or 1, got {tok[4]!r}")
+    v1, v2 = tok[2].strip("/"), tok[3].strip("/")
+    if not v1 or not v2:
+        raise DataError(f"{where}: empty video id in {ln!r}")
+    return split - 1, v1, v2, tok[4] == "1"
+
+
 def read_video_pairs(path: str | os.PathLike[str]) -> PairList:
     """Parse a YTF ``splits.txt``-style list of video pairs.
 
     Each data line is comma-separated: ``split, pair_number, video1, video2, is_same[, ...]`` with a 1-based
     split number, video ids like ``Aaron_Eckhart/0`` (a folder of frames) and ``is_same`` 0 or 1; further
-    columns are ignored. A first line whose first field is not an integer is taken as the header.
+    columns are ignored. A first line whose first field is not an integer is the header, which must have the
+    five columns of ``YTF_HEADER``. A binary or non-UTF-8 file, a video paired with itself and the same pair
+    listed twice are refused (:class:`DataError` naming the lines).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read video pairs file {path}: {e}") from e
-    left, right, same, folds = [], [], [], []
+    text = _read_text(path, "video pairs file")
+    left, right, same, folds, linenos = [], [], [], [], []
     for lno, raw in enumerate(text.splitlines(), start=1):
         ln = raw.strip()
         if not ln:
             continue
         tok = [t.strip() for t in ln.split(",")]
         if not left and lno == 1 and not tok[0].lstrip("-").isdigit():
-            continue  # header
-        where = f"{path}:{lno}"
-        if len(tok) < 5:
-            raise DataError(f"{where}: expected 'split, pair, video1, video2, is_same', got {ln!r}")
-        split = _int_field(tok[0], "split number", where)
-        if tok[4] not in ("0", "1"):
-            raise DataError(f"{where}: is_same must be 0 or 1, got {tok[4]!r}")
-        if not tok[2] or not tok[3]:
-            raise DataError(f"{where}: empty video id in {ln!r}")
-        left.append(tok[2].strip("/"))
-        right.append(tok[3].strip("/"))
-        same.append(tok[4] == "1")
-        folds.append(split - 1)
+            if len(tok) < 5:
+                raise DataError(f"{path}:1: expected a header like {YTF_HEADER!r} or a data line "
+                                f"'split, pair, video1, video2, is_same', got {ln!r}")
+            continue
+        split, v1, v2, is_same = _video_pair_line(tok, ln, f"{path}:{lno}")
+        left.append(v1)
+        right.append(v2)
+        same.append(is_same)
+        folds.append(split)
+        linenos.append(lno)
     if not left:
         raise DataError(f"{path} holds no video pairs")
+    _check_distinct(str(path), left, right, linenos)
     return PairList(left, right, np.array(same, dtype=bool), np.array(folds, dtype=np.int64), str(path))
 
 
@@ -252,6 +308,9 @@ class BinSet:
     def fold_ids(self, n_folds: int = 10) -> np.ndarray:
         """InsightFace's folds: pairs split into ``n_folds`` consecutive, unshuffled blocks (sklearn KFold)."""
         p = self.issame.size
+        if not 2 <= n_folds <= p:
+            raise ConfigError(f"{self.source or 'the .bin set'} has {p} pairs: the number of folds must be "
+                              f"between 2 and {p}, got {n_folds}")
         sizes = np.full(n_folds, p // n_folds)
         sizes[: p % n_folds] += 1
         return np.repeat(np.arange(n_folds), sizes)
@@ -300,8 +359,10 @@ def read_bin(path: str | os.PathLike[str]) -> BinSet:
     path = Path(path)
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f".bin file not found: {path}") from None
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
@@ -314,5 +375,8 @@ def read_bin(path: str | os.PathLike[str]) -> BinSet:
     if not isinstance(issame, list | tuple) or not all(isinstance(v, bool) or v in (0, 1) for v in issame):
         raise DataError(f"{path}: the second element must be a list of booleans")
     if len(images) != 2 * len(issame):
-        raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs; expected exactly two per pair")
+        raise DataError(f"{path}: {len(images)} images but issame lists {len(issame)} pairs; expected exactly "
+                        "two per pair")
+    if not issame:
+        raise DataError(f"{path} holds no pairs")
     return BinSet([bytes(b) for b in images], np.array([bool(v) for v in issame], dtype=bool), str(path))

@@ -1,18 +1,29 @@
 """Write evaluation results to a folder: ``report.json`` (machine-readable), ``report.md`` (for people),
-``scores.npz`` (per-pair pooled scores, labels, folds) and the plots."""
+``scores.npz`` (per-pair pooled scores, labels, folds) and the plots.
+
+All of a report's files are first written to temporary names beside their targets and renamed into place only
+once every one of them is complete, ``report.json`` last (:func:`_write_files`). So a failure -- disk full, a
+read-only folder, a plotting error -- leaves neither a new ``report.json`` nor a new ``roc.png`` that looks
+complete, and no temporary file; a ``report.json`` present means its whole report was written. Without
+matplotlib (the ``plots`` extra) the plots are skipped and the report says so.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..utils.atomic import atomic_path, check_output_dir, os_error
 from .identification import IdentificationResult
 from .verification import VerificationResult
 
@@ -24,27 +35,76 @@ def _env() -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON: numpy scalars become Python numbers, and a non-finite float (a TAR threshold of -inf
+    means "accept every pair") becomes the string "inf", "-inf" or "nan" instead of invalid JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def _text(text: str) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(text.encode("utf-8"))
+
+    return write
+
+
+def _write_files(out: Path, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Run ``writers[name](tmp)`` for every file, then rename them all into ``out``; the first entry is renamed
+    last. If any writer fails, every temporary is removed and no file of this report is renamed."""
+    with ExitStack() as stack:
+        tmps = {name: stack.enter_context(atomic_path(out / name)) for name in writers}
+        for name, write in writers.items():
+            try:
+                write(tmps[name])
+            except OSError as e:  # name the file that failed, not the last one to be cleaned up
+                raise os_error(e, out / name) from e
+    # ExitStack leaves in reverse order: the files after the first are renamed, then the first
+
+
+def _plot_writers(result: VerificationResult, title: str) -> dict[str, Callable[[Path], None]]:
+    from .plots import roc_figure, score_histogram_figure
+
+    return {"roc.png": lambda tmp: roc_figure(result, labels=[title]).savefig(tmp),
+            "scores.png": lambda tmp: score_histogram_figure(result).savefig(tmp)}
+
+
+def _scores_writer(result: VerificationResult) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, scores=result.scores, issame=result.issame, fold_ids=result.fold_ids)
+
+    return write
 
 
 def write_verification_report(result: VerificationResult, out_dir: str | os.PathLike[str], title: str,
                               inputs: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
                               plots: bool = True) -> dict[str, Any]:
-    """Write the report files; returns the JSON dict."""
-    from .plots import plot_roc, plot_score_histograms
+    """Write report.json, report.md, scores.npz and (``plots``, with matplotlib) roc.png and scores.png, all or
+    none (see the module docstring); returns the JSON dict. ``rep["plots"]`` lists the plots written, and
+    ``rep["plots_skipped"]`` says why when they were asked for but matplotlib is missing."""
+    from .plots import PLOTS_HINT, plots_available
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
     rep = {"title": title, **result.to_dict(), **(extra or {}), "inputs": inputs or {}, "env": _env()}
-    _atomic_text(out / "report.json", json.dumps(rep, indent=2, sort_keys=False) + "\n")
-    np.savez(out / "scores.npz", scores=result.scores, issame=result.issame, fold_ids=result.fold_ids)
-    if plots:
-        plot_roc(result, out / "roc.png", labels=[title])
-        plot_score_histograms(result, out / "scores.png")
-    _atomic_text(out / "report.md", _verification_md(rep, result, plots))
+    drawn = plots and plots_available()
+    rep["plots"] = ["roc.png", "scores.png"] if drawn else []
+    if plots and not drawn:
+        rep["plots_skipped"] = PLOTS_HINT
+    rep = _json_safe(rep)
+    writers = {"report.json": _text(json.dumps(rep, indent=2, allow_nan=False) + "\n"),
+               "report.md": _text(_verification_md(rep, result, drawn)),
+               "scores.npz": _scores_writer(result)}
+    if drawn:
+        writers.update(_plot_writers(result, title))
+    _write_files(out, writers)
     return rep
 
 
@@ -78,6 +138,8 @@ def _verification_md(rep: dict[str, Any], r: VerificationResult, plots: bool) ->
         lines.append(f"| {int(f) + 1} | {100 * a:.2f} % | {t:.4f} |")
     if plots:
         lines += ["", "![ROC](roc.png)", "", "![scores](scores.png)"]
+    elif rep.get("plots_skipped"):
+        lines += ["", f"Plots skipped: {rep['plots_skipped']}."]
     if rep.get("inputs"):
         lines += ["", "Inputs:", ""] + [f"- {k}: `{v}`" for k, v in rep["inputs"].items()]
     lines += ["", f"Command: `{rep['env']['command']}`", ""]
@@ -86,10 +148,9 @@ def _verification_md(rep: dict[str, Any], r: VerificationResult, plots: bool) ->
 
 def write_identification_report(result: IdentificationResult, out_dir: str | os.PathLike[str], title: str,
                                 inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rep = {"title": title, **result.to_dict(), "inputs": inputs or {}, "env": _env()}
-    _atomic_text(out / "report.json", json.dumps(rep, indent=2) + "\n")
+    """Write report.json and report.md, both or neither; returns the JSON dict."""
+    out = check_output_dir(out_dir)
+    rep = _json_safe({"title": title, **result.to_dict(), "inputs": inputs or {}, "env": _env()})
     lines = [
         f"# {title}", "",
         f"{result.n_probes} probes, {result.n_gallery} gallery images, {result.n_distractors} distractors; "
@@ -101,5 +162,6 @@ def write_identification_report(result: IdentificationResult, out_dir: str | os.
     lines += [f"| CMC rank {k} | {100 * v:.2f} % |" for k, v in result.cmc.items()]
     lines += [f"| TAR @ FAR {f:g} | {100 * v:.2f} % |" for f, v in result.tar_at_far.items()]
     lines += ["", "Timing (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()), ""]
-    _atomic_text(out / "report.md", "\n".join(lines))
+    _write_files(out, {"report.json": _text(json.dumps(rep, indent=2, allow_nan=False) + "\n"),
+                       "report.md": _text("\n".join(lines))})
     return rep

@@ -1,4 +1,4 @@
-"""k-fold pair verification as in the paper's LFW protocol (PAPER.md Sec. 4-5): pure numpy, no image I/O.
+"""k-fold pair verification as in the paper's LFW protocol (docs/METHOD.md; paper Sec. 4-5): pure numpy, no image I/O.
 
 For every fold ``k`` (the *held-out* fold):
 

@@ -4,8 +4,9 @@ triplet baselines, and the joint objective of Eq. 5.
 Every loss is an ``nn.Module`` called as ``loss(features, labels)``; the center, contrastive and triplet
 losses have pure-function twins. Two registries make them swappable from config (``{name, kwargs}``):
 
-* ``HEADS``: features -> logits -> ``L_S`` (``linear`` softmax; margin heads; ``sharded`` for millions of
-  classes). ``HEADS.create(name, feat_dim=d, num_classes=C, **kwargs)``.
+* ``HEADS``: features -> logits -> ``L_S`` (``linear`` softmax; ``normface``, ``cosface``, ``arcface``,
+  ``sphereface``; ``sharded`` for millions of classes, which also shards the centers).
+  ``HEADS.create(name, feat_dim=d, num_classes=C, **kwargs)``.
 * ``AUX``: the auxiliary term ``L_aux`` (``center``, ``contrastive``, ``triplet``).
   ``AUX.create(name, feat_dim=d, num_classes=C, **kwargs)``.
 """
@@ -22,6 +23,7 @@ from .contrastive import ContrastiveLoss, contrastive_loss
 from .heads import HEADS, HeadOutput, LinearHead, register_head
 from .joint import JointLoss, JointOutput
 from .margins import ArcFaceHead, CosFaceHead, NormFaceHead, SphereFaceHead  # registers the margin heads
+from .sharded import ShardedJointLoss, class_split
 from .triplet import TripletLoss, triplet_loss
 
 AUX: Registry[nn.Module] = Registry("aux loss")
@@ -42,6 +44,27 @@ def _triplet(feat_dim: int, num_classes: int, **kwargs: Any) -> TripletLoss:
     return TripletLoss(**kwargs)
 
 
+@HEADS.register("sharded")
+def _sharded(feat_dim: int, num_classes: int, aux: Any = None, sample_rate: float = 1.0, bias: bool = False,
+             seed: int = 0) -> ShardedJointLoss:
+    """The sharded softmax head (:class:`ShardedJointLoss`) for millions of classes. It builds the whole
+    objective: its centers are sharded like its classifier rows, so ``aux`` must be ``none`` or ``center``
+    (whose ``lam`` and ``alpha`` it takes)."""
+    name = getattr(aux, "name", "none")
+    if name not in ("none", "center"):
+        raise ValueError(f"the sharded head shards the center loss only; aux {name!r} is not supported with it")
+    akw = dict(getattr(aux, "kwargs", {}) or {})
+    unsupported = {k: v for k, v in akw.items() if k != "alpha" and (k, v) not in {("update", "paper"),
+                                                                                 ("reduction", "mean")}}
+    if unsupported:
+        raise ValueError(f"the sharded head implements the paper's update with reduction 'mean' only; "
+                         f"got aux.kwargs {unsupported}")
+    return ShardedJointLoss(feat_dim, num_classes, lam=aux.lam if name == "center" else 0.0,
+                            alpha=akw.get("alpha", 0.5), sample_rate=sample_rate, bias=bias, seed=seed)
+
+
+_sharded.takes_aux = True  # type: ignore[attr-defined]
+
 __all__ = [
     "AUX",
     "ArcFaceHead",
@@ -54,9 +77,11 @@ __all__ = [
     "JointOutput",
     "LinearHead",
     "NormFaceHead",
+    "ShardedJointLoss",
     "SphereFaceHead",
     "TripletLoss",
     "center_deltas",
+    "class_split",
     "center_loss",
     "center_step",
     "center_update_",

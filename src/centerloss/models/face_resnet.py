@@ -1,4 +1,4 @@
-"""caffe-face's 27-layer "Face-ResNet" (PAPER.md Sec. 4), the de-facto network for reproducing center loss.
+"""caffe-face's 27-layer "Face-ResNet" (docs/METHOD.md, "Face pipeline"), the de-facto network for reproducing center loss.
 
 Every conv is 3x3, stride 1, followed by PReLU; there is no batch norm. Transition convs have no padding, the
 convs inside residual units have padding 1. A residual unit is ``x + prelu(conv(prelu(conv(x))))`` with no

@@ -1,6 +1,6 @@
 """The network of the paper's Fig. 4 (never released), rebuilt from its caption, with every open choice named.
 
-What the paper fixes (PAPER.md Sec. 4): 3x3 convolutions with 128 maps; three *local convolution* layers, 3x3,
+What the paper fixes (docs/METHOD.md, "Face pipeline"): 3x3 convolutions with 128 maps; three *local convolution* layers, 3x3,
 256 maps, whose weights are shared only within 4x4, 2x2 and 1x1 grids of regions; PReLU after every conv;
 max-pool 2x2/2; the 4th pooling output and the 3rd local-conv output are concatenated into FC 512, the feature.
 

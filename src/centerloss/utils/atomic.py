@@ -88,6 +88,8 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = True) -> Iterator[
     ...     fig.savefig(tmp)
     """
     final = Path(path)
+    if final.parent.exists() and not final.parent.is_dir():
+        raise DataError(f"cannot write {final}: {final.parent} exists and is not a folder")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -37,7 +37,7 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
     """PIL image of any mode -> (uint8 (H, W, 3), note on what was converted or "")."""
     mode = im.mode
     if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8), ""
+        return np.array(im, dtype=np.uint8), ""
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         # Composite over black: the same value warpAffine uses outside the image.
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)

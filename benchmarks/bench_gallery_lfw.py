@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _machine import uptime
+
+from centerloss.utils.machine import uptime
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CENTERLOSS_DATA", ROOT.parent / "shared" / "data"))

@@ -31,7 +31,8 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from _machine import uptime
+
+from centerloss.utils.machine import uptime
 
 OUT = Path(__file__).resolve().parent / "results"
 CHUNK = 65536

@@ -39,11 +39,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import uptime
 
 from centerloss.eval.features import load_features, save_features
 from centerloss.eval.protocols import read_lfw_pairs
 from centerloss.eval.verification import evaluate_pairs
+from centerloss.utils.machine import uptime
 
 DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OUT = Path(__file__).resolve().parent / "results"

@@ -42,10 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import uptime  # noqa: E402
-
 from centerloss.utils.atomic import check_output_dir, write_json, write_text  # noqa: E402
-from centerloss.utils.machine import machine_info  # noqa: E402
+from centerloss.utils.machine import machine_info, uptime  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 NAME = "sharded_head_cpu"

@@ -54,9 +54,10 @@ def _assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-@pytest.mark.parametrize("aux", ["center", "none"])
-def test_exact_resume_after_a_mid_epoch_crash(faces, tmp_path, aux) -> None:
-    over = {"aux.name": aux, "aux.kwargs": {"alpha": 0.5} if aux == "center" else {}}
+@pytest.mark.parametrize("aux, channels_last", [("center", False), ("none", False), ("center", True)])
+def test_exact_resume_after_a_mid_epoch_crash(faces, tmp_path, aux, channels_last) -> None:
+    over = {"aux.name": aux, "aux.kwargs": {"alpha": 0.5} if aux == "center" else {},
+            "runtime.channels_last": channels_last}  # channels_last: momentum must come back in that layout
     Trainer(tiny_cfg(faces, tmp_path / "ref", **over)).fit()
     run = tmp_path / "crashed"
     cfg = tiny_cfg(faces, run, **over)
@@ -133,10 +134,10 @@ def test_no_host_sync_in_the_steady_state_step(faces, tmp_path) -> None:
         counts = []
         orig = t.train_step
 
-        def counted(x, y, _orig=orig):
+        def counted(x, y, _orig=orig, _counts=counts):
             with SyncCounter() as s:
                 _orig(x, y)
-            counts.append(s.ops)
+            _counts.append(s.ops)
 
         t.train_step = counted
         t.fit()
@@ -295,7 +296,10 @@ def test_cli_resolves_flags_and_saves_config(faces, tmp_path, capsys) -> None:
     saved = load_train_config(str(out / "config.yaml"))
     assert (saved.aux.name, saved.aux.lam, saved.data.batch_size, saved.schedule.max_steps) == ("center", 0.02, 8, 2)
     assert saved.schedule.epochs == 0 and saved.model.name == "face_small"
-    assert list((out / "tb").glob("events.out.tfevents.*"))  # TensorBoard is on by default when installed
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:  # on by default when installed (an extra)
+        assert list((out / "tb").glob("events.out.tfevents.*"))
     capsys.readouterr()
     assert main(["train", "--preset", "no_such_preset"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -401,6 +405,7 @@ def test_truncated_image_stops_training_naming_the_file(faces, tmp_path) -> None
 @pytest.mark.timeout(240)
 def test_dataloader_workers_survive_a_parent_that_used_cv2_threads(faces, tmp_path) -> None:
     """Regression: forked workers of a process whose OpenCV thread pool had run hung in cv2.setNumThreads."""
+    pytest.importorskip("cv2", reason="the regression needs OpenCV (centerloss[align])")
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from conftest import tiny_cfg
+from safetensors.torch import load_file
 from test_engine import METRICS, Crash, _crash_at
 
 from centerloss.engine.config import apply

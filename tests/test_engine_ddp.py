@@ -23,7 +23,6 @@ from centerloss.engine import checkpoint as ck
 from centerloss.engine.config import apply
 from centerloss.engine.logs import read_csv
 from centerloss.engine.trainer import Trainer
-from centerloss.losses.sharded import init_rows
 
 pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
               pytest.mark.timeout(300)]
@@ -88,16 +87,6 @@ SHARDED = {"head.name": "sharded", "head.kwargs": {"sample_rate": 1.0, "bias": T
            "schedule.epochs": 3, "runtime.threads": 1, "runtime.ckpt_every": 2, "runtime.log_every": 1}
 
 
-class _SameInitAsSharded:
-    """Give a dense run the sharded head's (block-seeded) initial rows, so the two runs start equal."""
-
-    def on_fit_start(self, trainer) -> None:
-        w, b = init_rows(0, trainer.objective.num_classes, trainer.objective.feat_dim, seed=0, bias=True)
-        with torch.no_grad():
-            trainer.objective.head.weight.copy_(w)
-            trainer.objective.head.bias.copy_(b)
-
-
 def _gathered(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     out = {k: v for k, v in shards[0].items() if k.startswith("net.")}
     out["obj.classifier.weight"] = torch.cat([s["obj.classifier.weight"] for s in shards])
@@ -107,8 +96,8 @@ def _gathered(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def test_sharded_head_on_two_processes_equals_the_dense_head_on_one(faces, tmp_path: Path) -> None:
-    dense_over = {**SHARDED, "head.name": "linear", "head.kwargs": {"bias": True}}
-    t1 = Trainer(tiny_cfg(faces, tmp_path / "dense", **dense_over), callbacks=[_SameInitAsSharded()])
+    dense_over = {**SHARDED, "head.name": "linear", "head.kwargs": {"bias": True, "init": "blocks"}}
+    t1 = Trainer(tiny_cfg(faces, tmp_path / "dense", **dense_over))
     t1.fit()
     shards = _spawn(2, tiny_cfg(faces, tmp_path / "sharded", **SHARDED), tmp_path / "sh_out")
     assert [tuple(s["obj.centers"].shape) for s in shards] == [(2, 8), (2, 8)]

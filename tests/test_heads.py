@@ -425,3 +425,13 @@ def test_bad_constructor_arguments_raise(name, key, value):
     with pytest.raises(ValueError, match=rf"^{re.escape(key)}\b") as e:
         HEADS.create(name, **kwargs)
     assert repr(value) in str(e.value)
+
+
+def test_linear_head_blocks_init_equals_the_sharded_rows() -> None:
+    from centerloss.losses.sharded import init_rows
+
+    h = HEADS.create("linear", feat_dim=8, num_classes=3000, bias=True, init="blocks", seed=5)
+    w, b = init_rows(0, 3000, 8, seed=5, bias=True)
+    assert torch.equal(h.weight.detach(), w) and torch.equal(h.bias.detach(), b)
+    with pytest.raises(ValueError, match="init must be"):
+        HEADS.create("linear", feat_dim=8, num_classes=3, init="xavier")

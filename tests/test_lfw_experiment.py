@@ -10,11 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import DATA, need
 
 from centerloss.errors import DataError
 from centerloss.experiments.lfw import _crop_paths, training_split
-
-from conftest import DATA, need
 
 LFW = DATA / "lfw" / "images"
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA
 
 from centerloss.data.mnist import FILES, load_mnist, resolve_mnist_dir
 from centerloss.errors import DataError
 from centerloss.eval.compactness import class_compactness
 from centerloss.experiments.mnist import load_config, run_experiment
-
-from conftest import DATA
 
 MNIST = DATA / "mnist"
 needs_mnist = pytest.mark.usefixtures("mnist_dir")

@@ -12,13 +12,16 @@ No traceback is printed unless ``CENTERLOSS_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CenterLossError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CenterLossError, Note
 
 #: Modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -71,11 +74,20 @@ def _original_message(text: str) -> str:
     return message if sep and re.fullmatch(r"[\w.]+", name) else last
 
 
+#: Optional packages -> the extra that installs them (pyproject.toml, [project.optional-dependencies]).
+_EXTRA_OF = {"cv2": "align", "mtcnn": "align", "joblib": "align", "lz4": "align", "matplotlib": "plots",
+             "faiss": "faiss", "tensorboard": "tensorboard", "onnx": "onnx", "onnxruntime": "onnx",
+             "onnxscript": "onnx"}
+
+
 def explain(e: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception a command raised."""
     text = _original_message(str(e))
     if isinstance(e, CenterLossError):
         return text, e.exit_code
+    top = (getattr(e, "name", None) or "").split(".")[0]
+    if isinstance(e, ModuleNotFoundError) and top in _EXTRA_OF:
+        return f"this needs {top}, which is not installed: pip install 'centerloss[{_EXTRA_OF[top]}]'", EXIT_USAGE
     if isinstance(e, KeyError):  # unknown registry names, config keys
         return _original_message(str(e.args[0])) if e.args else text, EXIT_USAGE
     if isinstance(e, OSError):
@@ -97,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_USAGE
+    notes: list[str] = []
     try:
-        return int(args.func(args) or 0)
+        with _held_notes(notes):
+            code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         if os.environ.get("CENTERLOSS_DEBUG"):
             raise
@@ -110,6 +124,27 @@ def main(argv: list[str] | None = None) -> int:
         msg, code = explain(e)
         print(f"centerloss {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
         return code
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _held_notes(into: list[str]) -> Iterator[None]:
+    """Hold back :class:`~centerloss.errors.Note` warnings (into ``into``) while the command runs: they are
+    printed after it succeeds, so a failure is still the one error line. Other warnings show as usual."""
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        show = warnings.showwarning
+        warnings.simplefilter("always", Note)
+
+        def hold(message, category, *args, **kwargs):
+            if issubclass(category, Note):
+                into.append(str(message))
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = hold
+        yield
 
 
 if __name__ == "__main__":

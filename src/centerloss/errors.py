@@ -49,3 +49,8 @@ class NonFiniteLossError(RunError, FloatingPointError):
 
 class LockedError(CenterLossError):
     """Another process holds the run folder (exit 2)."""
+
+
+class Note(UserWarning):
+    """A non-fatal message for the user (e.g. a feature cache that could not be written). The CLI prints it as
+    ``warning: ...`` once the command has succeeded; a command that fails prints only its one error line."""

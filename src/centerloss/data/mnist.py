@@ -1,7 +1,7 @@
 """MNIST from the four original IDX files (gzip-compressed), read into memory as uint8 tensors.
 
-Where the files live: ``--data-dir`` flag > ``$CENTERLOSS_MNIST_DIR`` > ``$CENTERLOSS_DATA/mnist`` >
-``../shared/data/mnist`` beside the checkout (or the current directory). Nothing is downloaded unless asked:
+Where the files live: ``--data-dir`` flag > ``$CENTERLOSS_MNIST_DIR`` > ``$CENTERLOSS_DATA/mnist`` (the library
+assumes no checkout layout; the Makefile sets ``CENTERLOSS_DATA``). Nothing is downloaded unless asked:
 :func:`download_mnist` fetches the files and checks their md5 for users who are online.
 """
 

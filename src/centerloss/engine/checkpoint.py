@@ -132,7 +132,11 @@ def load_optimizer(opt: torch.optim.Optimizer, names: dict[int, str], tensors: d
         if pname not in by_name:
             raise DataError(f"the checkpoint's optimizer holds state for {pname!r}, which this run lacks")
         p = by_name[pname]
-        state.setdefault(p, {})[k] = v.to(p.device) if torch.is_tensor(v) else v
+        if torch.is_tensor(v) and v.shape == p.shape:  # momentum & co: the parameter's memory format
+            v = torch.empty_like(p).copy_(v)  # (a contiguous buffer beside a channels_last weight would make
+        elif torch.is_tensor(v):  # the fused kernel pair up the wrong elements)
+            v = v.to(p.device)
+        state.setdefault(p, {})[k] = v
     for g, saved in zip(opt.param_groups, meta["param_groups"]):
         g.update({k: v for k, v in saved.items() if k != "params"})
     opt.state.clear()
@@ -181,6 +185,21 @@ def save_checkpoint(ckpt_root: str | os.PathLike[str], step: int, parts: Parts, 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     barrier(info)
+    try:
+        _write_parts(tmp, step, parts, state, info, class_ranges)
+        if info.is_main:
+            _publish(tmp, final, root, keep_last)
+    except BaseException:  # disk full, Ctrl-C: no half-written folder stays behind
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier(info)
+    return final
+
+
+def _write_parts(tmp: Path, step: int, parts: Parts, state: dict[str, Any], info: DistInfo,
+                 class_ranges: list[list[int]] | None) -> None:
+    """Every rank writes its shard (if any); rank 0 the replicated tensors, then the hashes and state.json."""
     rep_o, sh_o, rep_m, sh_m = _split(parts)
     if sh_o or sh_m:
         _save_tensors(tmp / f"shard_rank{info.rank}.safetensors",
@@ -197,18 +216,23 @@ def save_checkpoint(ckpt_root: str | os.PathLike[str], step: int, parts: Parts, 
         shards = {"world_size": info.world_size, "class_ranges": class_ranges} if (sh_o or sh_m) else None
         write_json(tmp / "state.json", {"format": FORMAT, "step": step, **state, "optimizer": opt_meta,
                                         "files": files, "shards": shards}, indent=None)
-        fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        write_text(root / "latest", final.name + "\n")
-        if keep_last > 0:
-            for old in list_checkpoints(root)[:-keep_last]:
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-    barrier(info)
-    return final
+
+
+def _publish(tmp: Path, final: Path, root: Path, keep_last: int) -> None:
+    """Rename the finished folder into place, point ``latest`` at it, prune old checkpoints."""
+    fsync_dir(tmp)
+    trash = root / f".old-{final.name}"
+    if final.exists():  # the same step saved again: swap, so that one complete version exists at any moment
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    shutil.rmtree(trash, ignore_errors=True)
+    write_text(root / "latest", final.name + "\n")
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- find and verify

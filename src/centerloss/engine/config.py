@@ -66,9 +66,16 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments (saved with the weights)
 
     def __post_init__(self) -> None:
+        import torch
+
         from ..models import MODELS
 
         _registry_check(MODELS, self.name, self.kwargs, "model", ())
+        try:  # built on the meta device: checks the values (e.g. width > 0) with no memory and no RNG draws
+            with torch.device("meta"):
+                MODELS.create(self.name, **self.kwargs)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"model {self.name!r} with kwargs {self.kwargs}: {e}") from None
 
 
 @dataclass

@@ -76,12 +76,29 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
 
 
+def _start_forkserver() -> None:
+    """Start the forkserver with Ctrl-C ignored (it and every worker it forks inherit that), so that a Ctrl-C
+    while it starts cannot print its traceback; the main process handles the interrupt, once."""
+    import multiprocessing.forkserver as fs
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        fs.ensure_running()
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        fs.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, workers: int, pin_memory: bool,
                 seed: int) -> DataLoader:
     """One DataLoader for the whole run; call ``sampler.set_epoch(epoch, skip)`` before each ``iter()``."""
     ds = dataset if takes_epoch_keys(dataset) else EpochKeyed(dataset)
     extra: dict[str, Any] = {}
     if workers > 0:
+        _start_forkserver()
         extra = {"multiprocessing_context": "forkserver", "persistent_workers": True, "prefetch_factor": 4,
                  "worker_init_fn": _worker_init}
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,

@@ -99,7 +99,11 @@ def build_objective(cfg: TrainConfig, feat_dim: int, num_classes: int) -> nn.Mod
     if getattr(factory, "takes_aux", False):
         return _create(HEADS, cfg.head.name, cfg.head.kwargs, "head", feat_dim=feat_dim, num_classes=num_classes,
                        aux=cfg.aux, seed=cfg.runtime.seed)
-    head = _create(HEADS, cfg.head.name, cfg.head.kwargs, "head", feat_dim=feat_dim, num_classes=num_classes)
+    import inspect
+
+    seeded = {"seed": cfg.runtime.seed} if "seed" in inspect.signature(factory).parameters else {}
+    head = _create(HEADS, cfg.head.name, cfg.head.kwargs, "head", feat_dim=feat_dim, num_classes=num_classes,
+                   **seeded)
     aux = build_aux(cfg.aux, feat_dim, num_classes) if cfg.aux.name != "none" else None
     return JointLoss(feat_dim, num_classes, head=head, aux=aux, lam=cfg.aux.lam if aux is not None else 0.0)
 

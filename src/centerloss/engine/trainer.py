@@ -233,7 +233,9 @@ class Trainer:
         self.classes, self._labels = dataset_labels(self.dataset)
         n = len(self.dataset)  # type: ignore[arg-type]
         if len(self.classes) < 2:
-            raise DataError(f"the training set has {len(self.classes)} identity; a classifier needs at least 2")
+            where = cfg.data.root or type(self.dataset).__name__
+            raise DataError(f"{where}: the training set has {len(self.classes)} identity (with >= "
+                            f"{cfg.data.min_images} images); a classifier needs at least 2")
         if cfg.data.batch_size % info.world_size:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by the world size "
                               f"{info.world_size}")

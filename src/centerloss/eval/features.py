@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CenterLossError, DataError
+from ..errors import CenterLossError, DataError, Note
 from ..utils.atomic import atomic_path, check_output_dir
 from ..utils.images import IMAGE_EXTENSIONS, read_rgb
 
@@ -341,7 +341,7 @@ def _write_cache(cache_file: Path, paths: Sequence[str], feats: np.ndarray, meta
     try:
         save_features(cache_file, paths, feats, meta)
     except CenterLossError as e:  # disk full, folder gone read-only: the features are still good
-        print(f"warning: feature cache not written: {e}", file=sys.stderr)
+        warnings.warn(f"feature cache not written: {e}", Note, stacklevel=2)
 
 
 def extract_features(

@@ -68,8 +68,8 @@ def write_report(cfg, results: list[dict[str, Any]], info: dict[str, Any], out: 
         "machine": machine_info(),
     }
     report["figures"] = _plots(cfg, report, out)
-    write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
+    write_json(out / "report.json", report)  # last: its presence means the report is complete
     return report
 
 

@@ -103,8 +103,8 @@ def write_report(cfg, runs: list[dict[str, Any]], out_dir: Path, preset: str, da
               "machine": machine_info(resolve_device(train["runtime"]["device"])),
               "runs": [asdict(r) for r in results], "figures": _figures(cfg, runs, out_dir, data),
               "summary": summarize(results), "trajectories": _trajectory_stats(runs)}
-    write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", render_markdown(report))
+    write_json(out_dir / "report.json", report)  # last: its presence means the report is complete
     return report
 
 

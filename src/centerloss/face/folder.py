@@ -63,7 +63,7 @@ def embed_folder(rec: Any, root: str | os.PathLike[str], paths: Sequence[str], *
     """
     from tqdm import tqdm
 
-    from ..eval.features import load_features, save_features
+    from ..eval.features import _write_cache, load_features
 
     root = Path(root)
     if aligned and rec.embedder.kind == "torch":
@@ -80,7 +80,7 @@ def embed_folder(rec: Any, root: str | os.PathLike[str], paths: Sequence[str], *
                                        workers=workers, progress=bar.update)
     kept = [paths[i] for i in prep.kept]
     if cache is not None and kept:
-        save_features(cache, kept, feats, {"records": [record_to_dict(r) for r in prep.records]})
+        _write_cache(cache, kept, feats, {"records": [record_to_dict(r) for r in prep.records]})  # best effort
     return FolderFeatures(kept, feats, prep.records)
 
 

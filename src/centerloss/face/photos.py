@@ -174,7 +174,6 @@ def _decode(src: str | os.PathLike[str] | np.ndarray, name: str, strict: bool) -
 
 def _chunk_crops(decoded: list[tuple[np.ndarray | None, str]], names: list[str], size: tuple[int, int],
                  detector: Any, aligned: bool, fit: str, strict: bool) -> tuple[list[PhotoRecord], list[np.ndarray]]:
-    from ..align.transform import align
     from ..eval.features import fit_image
 
     recs, out = [], []
@@ -187,6 +186,8 @@ def _chunk_crops(decoded: list[tuple[np.ndarray | None, str]], names: list[str],
             recs.append(PhotoRecord(name, None, "; ".join(x for x in (note, "given as an aligned crop") if x), True,
                                     ok=True))
         return recs, out
+    from ..align.transform import align  # OpenCV (centerloss[align]): only photos that need aligning
+
     live = [i for i, (rgb, _) in enumerate(decoded) if rgb is not None]
     with one_thread():
         found = detector.detect_batch([decoded[i][0] for i in live]) if live else []

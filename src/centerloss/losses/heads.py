@@ -49,21 +49,37 @@ class LinearHead(nn.Module):
         feat_dim: d.
         num_classes: C.
         bias: whether the classifier has a bias (caffe-face's LeNets++ classifier has none).
+        init: ``"linear"`` draws like ``nn.Linear(d, C)`` from torch's global generator (the same values);
+            ``"blocks"`` draws the same distribution the way the sharded head does
+            (:func:`centerloss.losses.sharded.init_rows` with ``seed``), so that a dense run starts exactly
+            where a sharded run of the same seed starts -- what comparing the two needs.
+        seed: the seed of ``init="blocks"`` (the engine passes the run's seed).
 
     The cross-entropy is taken in float32 even when autocast made the logits bf16/fp16.
     """
 
-    def __init__(self, feat_dim: int, num_classes: int, bias: bool = True) -> None:
+    def __init__(self, feat_dim: int, num_classes: int, bias: bool = True, init: str = "linear",
+                 seed: int = 0) -> None:
         super().__init__()
         if feat_dim < 1 or num_classes < 1:
             raise ValueError(f"feat_dim and num_classes must be >= 1, got {feat_dim}, {num_classes}")
+        if init not in ("linear", "blocks"):
+            raise ValueError(f"init must be 'linear' or 'blocks', got {init!r}")
         self.feat_dim, self.num_classes = feat_dim, num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))  # (C, d)
         self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
-        # nn.Linear's initialisation (same draws), so a head equals a classifier built as nn.Linear(d, C)
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -1.0 / math.sqrt(feat_dim), 1.0 / math.sqrt(feat_dim))
+        with torch.no_grad():
+            if init == "blocks":
+                from .sharded import init_rows
+
+                w, b = init_rows(0, num_classes, feat_dim, seed=seed, bias=bias)
+                self.weight.copy_(w)
+                if self.bias is not None:
+                    self.bias.copy_(b)
+            else:  # nn.Linear's initialisation, the same draws
+                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+                if self.bias is not None:
+                    nn.init.uniform_(self.bias, -1.0 / math.sqrt(feat_dim), 1.0 / math.sqrt(feat_dim))
 
     def extra_repr(self) -> str:
         return f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, bias={self.bias is not None}"

@@ -71,6 +71,12 @@ def _remove(path: Path) -> None:
             pass
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_name(path: Path) -> Path:
     # Same folder (rename stays on one filesystem), hidden, unique, and it keeps the suffix so that writers
     # which pick a format from the name (np.savez, matplotlib's savefig, PIL) still do the right thing.
@@ -88,8 +94,9 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = True) -> Iterator[
     ...     fig.savefig(tmp)
     """
     final = Path(path)
-    if final.parent.exists() and not final.parent.is_dir():
-        raise DataError(f"cannot write {final}: {final.parent} exists and is not a folder")
+    if final.parent.exists() and not final.parent.is_dir():  # mkdir would only say "File exists"
+        e = NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(final.parent))
+        raise os_error(e, final) from e
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -99,6 +106,8 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = True) -> Iterator[
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"the writer did not create {tmp}")
+        if tmp.is_file():  # some writers (safetensors) create files 0600: give results the usual mode
+            os.chmod(tmp, 0o666 & ~_umask())
         if durable:
             _fsync_file(tmp)
         os.replace(tmp, final)

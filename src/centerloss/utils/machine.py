@@ -7,7 +7,7 @@ import platform
 import threading
 from typing import Any
 
-__all__ = ["LoadSampler", "cpu_model", "load_average", "machine_info"]
+__all__ = ["LoadSampler", "cpu_model", "load_average", "machine_info", "uptime"]
 
 
 def cpu_model() -> str:
@@ -28,6 +28,17 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):  # pragma: no cover
         return None
+
+
+def uptime() -> str:
+    """``uptime``'s line (how long up, load averages), or the bare load averages where the command is missing."""
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        la = load_average()
+        return "load average: " + (", ".join(f"{x:.2f}" for x in la) if la else "unknown")
 
 
 def machine_info(device: Any = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
 from PIL import Image
 
 from centerloss.align import align_file, align_tree, read_landmarks_csv
@@ -34,13 +35,13 @@ from centerloss.errors import DataError
 
 
 def _data_dir() -> Path:
-    return Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return DATA
 
 
 LFW = _data_dir() / "lfw" / "images"
 FACES = ["Tony_Blair/Tony_Blair_0010.jpg", "Serena_Williams/Serena_Williams_0004.jpg",
          "Abdullah_Gul/Abdullah_Gul_0003.jpg", "Winona_Ryder/Winona_Ryder_0002.jpg"]
-needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW not found at {LFW} (set CENTERLOSS_DATA)")
+needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason=f"DATA MISSING: LFW not found at {LFW} (set CENTERLOSS_DATA)")
 RESULTS = ("manifest.csv", "summary.json", "report.md")
 
 
@@ -115,7 +116,7 @@ def _png_header(width: int, height: int) -> bytes:
 def bad_tree(tmp_path: Path) -> Path:
     """An identity-folder tree with two good faces and one file of every awkward kind."""
     if not LFW.is_dir():
-        pytest.skip(f"LFW not found at {LFW} (set CENTERLOSS_DATA)")
+        pytest.skip(f"DATA MISSING: LFW not found at {LFW} (set CENTERLOSS_DATA)")
     src = tmp_path / "src"
     (src / "good").mkdir(parents=True)
     (src / "odd").mkdir()

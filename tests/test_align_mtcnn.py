@@ -3,13 +3,13 @@ loop, and detections on real LFW images (plausible points, deterministic, batch 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 
 from centerloss.align import boxes as B
 from centerloss.align.mtcnn import MTCNN
@@ -18,7 +18,7 @@ from centerloss.utils.images import decode_image
 
 
 def _data_dir() -> Path:
-    return Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return DATA
 
 
 LFW = _data_dir() / "lfw" / "images"
@@ -26,7 +26,7 @@ LFW = _data_dir() / "lfw" / "images"
 SAMPLES = ["Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0003.jpg",
            "Gloria_Macapagal_Arroyo/Gloria_Macapagal_Arroyo_0001.jpg", "Serena_Williams/Serena_Williams_0004.jpg",
            "Tony_Blair/Tony_Blair_0010.jpg", "Winona_Ryder/Winona_Ryder_0002.jpg"]
-needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW not found at {LFW}")
+needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason=f"DATA MISSING: LFW not found at {LFW} (set CENTERLOSS_DATA)")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def det() -> MTCNN:
 @pytest.fixture(scope="module")
 def lfw_images() -> list[np.ndarray]:
     if not LFW.is_dir():
-        pytest.skip(f"LFW not found at {LFW}")
+        pytest.skip(f"DATA MISSING: LFW not found at {LFW} (set CENTERLOSS_DATA)")
     return [decode_image(LFW / s)[0] for s in SAMPLES]
 
 

@@ -637,7 +637,7 @@ def _(w, t):
 @row("2-train-single-identity", 2)
 def _(w, t):
     shutil.copytree(w.faces / "id0", t / "data" / "id0")
-    return Run(train_argv(t / "data", t / "run"), r"the training set has 1 identity; a classifier needs at least 2",
+    return Run(train_argv(t / "data", t / "run"), r"data: the training set has 1 identity \(with >= 2 images\); a classifier needs at least 2",
                (t / "run" / "model.safetensors", t / "run" / "checkpoints"))
 
 
@@ -1247,7 +1247,7 @@ def test_4_second_training_on_a_busy_out_is_refused_with_the_holders_pid(interru
     code, err = r.second
     assert code == 2, err
     line = error_line(err, "train")
-    assert re.search(_q(r.out) + rf" is in use by another training \(pid {r.pid}\)", line), line
+    assert re.search(_q(r.out) + rf" is in use by another process \(pid {r.pid}\b", line), line
 
 
 CTRL_C = [pytest.param("early", id="4-ctrl-c-while-workers-start"), pytest.param("mid", id="4-ctrl-c-mid-run")]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 from PIL import Image
 from torch import nn
 
@@ -331,12 +332,11 @@ def test_registered_in_main_cli():
 
 
 def _data_dir() -> Path:
-    import os
 
-    return Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return DATA
 
 
-@pytest.mark.skipif(not (_data_dir() / "lfw" / "pairs.txt").is_file(), reason="shared LFW data not available")
+@pytest.mark.skipif(not (_data_dir() / "lfw" / "pairs.txt").is_file(), reason="DATA MISSING: LFW pairs.txt not found (set CENTERLOSS_DATA)")
 def test_real_lfw_images_end_to_end(tmp_path, checkpoint):
     """The official file's first 8 matched + 8 mismatched pairs of folds 1 and 2, real 250x250 JPEGs
     (center-cropped to 112x96 -- not aligned, so only the plumbing is tested, not the accuracy)."""

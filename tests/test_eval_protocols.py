@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
 from PIL import Image
 
 from centerloss.errors import DataError
@@ -16,7 +17,7 @@ from centerloss.eval.protocols import read_bin, read_lfw_pairs, read_video_pairs
 
 
 def _data_dir() -> Path:
-    return Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return DATA
 
 
 LFW = _data_dir() / "lfw"
@@ -70,7 +71,7 @@ def test_view1_header_means_one_fold(tmp_path):
     assert set(pairs.fold_ids) == {0} and pairs.issame.sum() == 2
 
 
-@pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason="shared LFW data not available")
+@pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason="DATA MISSING: LFW pairs.txt not found (set CENTERLOSS_DATA)")
 def test_official_lfw_pairs_file():
     pairs = read_lfw_pairs(LFW / "pairs.txt", image_root=LFW / "images")
     assert len(pairs) == 6000 and pairs.issame.sum() == 3000

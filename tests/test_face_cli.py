@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, need
 from PIL import Image
 
 from centerloss.align.runner import MANIFEST_COLUMNS
@@ -21,23 +22,12 @@ from centerloss.face import FaceRecognizer, Gallery
 from centerloss.models import create_model
 from centerloss.models.io import save_model
 
-DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LFW = DATA / "lfw" / "images"
 KW = {"embed_dim": 16, "width": 8}
 
 
-@pytest.fixture(autouse=True)
-def _only_face_commands(monkeypatch):
-    """main() with just the commands these tests drive, so that a broken unrelated module cannot fail them
-    (test_face_cli.py::test_registered_in_main_cli checks the full command line)."""
-    import centerloss.cli
-
-    monkeypatch.setattr(centerloss.cli, "COMMAND_MODULES", ("centerloss.align.cli", "centerloss.face.cli"))
-
-
 def _need_lfw() -> None:
-    if not LFW.is_dir():
-        pytest.skip(f"LFW photos not found at {LFW} (set CENTERLOSS_DATA)")
+    need(LFW, "LFW images")
 
 
 def _save(path: Path, seed: int) -> Path:

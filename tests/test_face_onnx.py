@@ -6,12 +6,12 @@ Skipped loudly without onnx/onnxruntime (pip install 'centerloss[onnx]') or with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, need
 
 from centerloss.cli import main
 from centerloss.face import FaceRecognizer, Gallery
@@ -23,25 +23,14 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install 'c
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'centerloss[onnx]'")
 pytest.importorskip("onnxscript", reason="onnxscript (the exporter's dependency) is not installed")
 
-DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LFW = DATA / "lfw" / "images"
 PHOTOS = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "George_W_Bush/George_W_Bush_0001.jpg",
           "Tony_Blair/Tony_Blair_0010.jpg", "Serena_Williams/Serena_Williams_0004.jpg",
           "Winona_Ryder/Winona_Ryder_0002.jpg", "Abdullah_Gul/Abdullah_Gul_0003.jpg"]
 
 
-@pytest.fixture(autouse=True)
-def _only_face_commands(monkeypatch):
-    """main() with just the commands these tests drive, so that a broken unrelated module cannot fail them
-    (test_face_cli.py::test_registered_in_main_cli checks the full command line)."""
-    import centerloss.cli
-
-    monkeypatch.setattr(centerloss.cli, "COMMAND_MODULES", ("centerloss.align.cli", "centerloss.face.cli"))
-
-
 def _need_lfw() -> None:
-    if not LFW.is_dir():
-        pytest.skip(f"LFW photos not found at {LFW} (set CENTERLOSS_DATA)")
+    need(LFW, "LFW images")
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,8 @@ class NonFiniteLossError(RunError, FloatingPointError):
     """Training produced NaN/Inf; no optimizer step was taken from it, and the last good checkpoint is kept."""
 
 
-class LockedError(CenterLossError):
-    """Another process holds the run folder (exit 2)."""
+class LockedError(DataError):
+    """Another process holds the output folder (exit 2)."""
 
 
 class Note(UserWarning):

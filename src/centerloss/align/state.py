@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,8 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, LockedError
+from ..errors import DataError
 from ..utils.atomic import os_error, write_json, write_text
+from ..utils.lock import folder_lock
 
 __all__ = ["STATE_DIR", "State", "upgrade_record"]
 
@@ -76,23 +76,10 @@ class State:
             raise DataError(f"{self.dir} exists and is not a folder; remove it or use another DST")
         try:
             self.dir.mkdir(exist_ok=True)
-            fd = os.open(self.dir / _LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as e:
             raise os_error(e, self.dir, "create") from e
-        try:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - not POSIX: no lock
-                fcntl = None
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise LockedError(f"{self.dir.parent} is being written by another `centerloss align` "
-                                      "(it holds .align/lock); wait for it to finish or use another DST") from None
+        with folder_lock(self.dir / _LOCK, f"{self.dir.parent} (another `centerloss align` writes into it)"):
             yield
-        finally:
-            os.close(fd)
 
     def load(self, options: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
         """Check/record the options and return the finished records by path (empty after ``overwrite``)."""

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..utils.atomic import write_bytes
+from ..utils.digest import file_digest
 
 FILES: dict[str, str] = {  # name -> md5 of the canonical .gz
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -63,11 +64,7 @@ def resolve_mnist_dir(data_dir: str | os.PathLike[str] | None) -> Path:
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download_mnist(dest: str | os.PathLike[str], mirror: str = MIRROR) -> Path:

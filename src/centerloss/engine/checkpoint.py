@@ -23,7 +23,6 @@ rows of its new class range from the old shards (``safe_open(...).get_slice``).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -42,6 +41,7 @@ from torch import nn
 from ..errors import DataError
 from ..models.io import save_model
 from ..utils.atomic import atomic_path, fsync_dir, write_json, write_text
+from ..utils.digest import file_digest
 from .distributed import DistInfo, barrier
 
 FORMAT = 2
@@ -81,11 +81,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -1,19 +1,18 @@
 """A run folder: its lock, its records (config, label map, data report, summary) and its log streams.
 
-The lock is an ``flock`` on ``OUT/.lock`` holding the owner's PID: a second training started on the same
-folder is refused with that PID instead of both exiting 0 after overwriting each other. The kernel drops the
-lock when its process dies, so a killed run never leaves the folder locked.
+The lock (:func:`centerloss.utils.lock.folder_lock` on ``OUT/.lock``) refuses a second training started on
+the same folder, naming the holder's PID, instead of both exiting 0 after overwriting each other.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import LockedError
 from ..utils.atomic import check_output_dir, write_json
+from ..utils.lock import folder_lock
 from .logs import CsvLog, TensorBoard
 
 
@@ -24,23 +23,13 @@ class RunFolder:
         self.path = Path(out_dir)
         self.resume_step = resume_step
         self._tb_wanted = tensorboard
-        self._lock_fd: int | None = None
+        self._lock = contextlib.ExitStack()
         self._csv: dict[str, CsvLog] = {}
         self._tb: TensorBoard | None = None
 
     def lock(self) -> None:
         check_output_dir(self.path, "run folder")
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise LockedError(f"{self.path} is in use by another training (pid {holder}); wait for it to finish "
-                              "or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock.enter_context(folder_lock(self.path / ".lock", f"run folder {self.path}"))
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json(self.path / name, obj)
@@ -62,7 +51,4 @@ class RunFolder:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.close()

@@ -231,12 +231,11 @@ def fit_image(img: np.ndarray, size: tuple[int, int], fit: str = "error", name: 
 
 def model_fingerprint(model: Any = None, path: str | os.PathLike[str] | None = None) -> str:
     """sha256 of a model file's bytes, or of an in-memory model's class and state dict."""
-    h = hashlib.sha256()
     if path is not None:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        from ..utils.digest import file_digest
+
+        return file_digest(path)
+    h = hashlib.sha256()
     if model is None:
         raise ValueError("pass a model or a path")
     import torch
@@ -313,15 +312,21 @@ def _cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _cache_file(model: Any, model_path: Any, paths: Sequence[str], root: Path, cache_dir: Any,
-                options: dict[str, Any]) -> Path:
+def image_stats(root: Path, paths: Sequence[str]) -> list[list[Any]]:
+    """``[path, size, mtime_ns]`` of every image: what a feature cache key must change with."""
     items = []
     for p in paths:
         try:
             st = (root / p).stat()
         except FileNotFoundError:
-            raise DataError(f"image not found: {root / p}") from None
+            raise DataError(f"{root / p}: no such file") from None
         items.append([p, st.st_size, st.st_mtime_ns])
+    return items
+
+
+def _cache_file(model: Any, model_path: Any, paths: Sequence[str], root: Path, cache_dir: Any,
+                options: dict[str, Any]) -> Path:
+    items = image_stats(root, paths)
     key = _cache_key({"format": _CACHE_FORMAT, "model": model_fingerprint(model, model_path), "items": items,
                       "root": str(root.resolve()), **options})
     return Path(cache_dir) / f"{key}.npz"

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
 from .photos import PhotoRecord, record_from_dict, record_to_dict
 
 __all__ = ["FolderFeatures", "embed_folder"]
@@ -38,13 +37,9 @@ class FolderFeatures:
 
 
 def _cache_file(rec: Any, root: Path, paths: Sequence[str], aligned: bool, fit: str, cache_dir: str | os.PathLike[str]) -> Path:
-    items = []
-    for p in paths:
-        try:
-            st = (root / p).stat()
-        except FileNotFoundError:
-            raise DataError(f"{root / p}: no such file") from None
-        items.append([p, st.st_size, st.st_mtime_ns])
+    from ..eval.features import image_stats
+
+    items = image_stats(root, paths)
     parts = {"format": _CACHE_FORMAT, "weights": rec.model_sha256, "runtime": rec.embedder.kind,
              "file": rec.embedder.file_sha256, "root": str(root.resolve()), "items": items, "combine": rec.combine,
              "size": list(rec.input_size), "min_face": rec.min_face_size, "aligned": aligned, "fit": fit,

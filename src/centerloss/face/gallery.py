@@ -240,27 +240,11 @@ def _read_info(root: Path) -> dict[str, Any]:
     return info
 
 
-@contextlib.contextmanager
-def _writer_lock(root: Path) -> Iterator[None]:
+def _writer_lock(root: Path) -> contextlib.AbstractContextManager[None]:
     """Exclusive right to change ``root`` (released by the OS if the process dies)."""
-    import fcntl
+    from ..utils.lock import folder_lock
 
-    from ..utils.atomic import os_error
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise os_error(e, root, "lock gallery") from e
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"{root} is being changed by another process (it holds {root / LOCK}); "
-                            "try again when that one is done") from None
-        yield
-    finally:
-        os.close(fd)
+    return folder_lock(root / LOCK, f"gallery {root} (another process is changing it)")
 
 
 def _publish(root: Path, info: dict[str, Any]) -> None:

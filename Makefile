@@ -18,11 +18,11 @@ demo: $(VENV)/.installed  ## the main job: MNIST 2-D experiment (quick preset) -
 	$(VENV)/bin/centerloss mnist --preset quick
 
 test: $(VENV)/.installed  ## lint + the whole test suite (CPU; a test that hangs fails after 10 minutes)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_center_loss.py

@@ -103,6 +103,54 @@ def lfw_margins(rep: dict) -> str:
     return "\n".join(rows)
 
 
+def _acc(rep: dict, name: str) -> float:
+    return rep["runs"][name]["summary"]["accuracy_mean"]
+
+
+def fig5_summary(rep: dict) -> str:
+    """The shape of the Fig. 5 curves in numbers, generated (best lambda, its paired gain, the flat alpha range)."""
+    lam = [n for n in rep["runs"] if n.startswith("lambda=")]
+    alp = [n for n in rep["runs"] if n.startswith("alpha=")]
+    best = max(lam, key=lambda n: _acc(rep, n))
+    d = rep["paired_vs_baseline"][best]
+    top = max(_acc(rep, n) for n in alp)
+    near = [n.split("=", 1)[1] for n in alp if top - _acc(rep, n) <= 0.005]
+    far = [n.split("=", 1)[1] for n in alp if top - _acc(rep, n) > 0.005]
+    largest = max(lam, key=lambda n: float(n.split("=", 1)[1]))
+    lines = [f"- **lambda:** the best lambda is {best.split('=', 1)[1]} ({100 * _acc(rep, best):.2f}%), "
+             f"{100 * d['mean']:+.2f} +- {100 * d['std']:.2f} points over softmax alone, paired over "
+             f"{d['n']} (fold, seed) pairs ({d['wins']} wins, {d['ties']} ties, {d['losses']} losses); at the "
+             f"largest lambda, {largest.split('=', 1)[1]}, accuracy is {100 * _acc(rep, largest):.2f}%.",
+             f"- **alpha** (lambda 3e-3): accuracy is within 0.5 points of the best alpha for alpha in "
+             f"{{{', '.join(near)}}}" + (f", and further below it for {{{', '.join(far)}}}." if far else ".")]
+    return "\n".join(lines)
+
+
+def updates_summary(rep: dict) -> str:
+    rows = []
+    for n, r in rep["runs"].items():
+        d = rep["paired_vs_baseline"].get(n)
+        if d:
+            rows.append(f"- {r['label']}: {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} points over A "
+                        f"({d['wins']}/{d['ties']}/{d['losses']} over {d['n']} (fold, seed) pairs).")
+    return "\n".join(rows)
+
+
+def margins_summary(rep: dict) -> str:
+    base = rep["baseline"]
+    rows = []
+    for group, name in rep.get("chosen", {}).items():
+        if name == base:
+            continue
+        d = rep["paired_vs_baseline"].get(name)
+        s1 = d["per_seed_mean"].get("1") if d else None
+        if d:
+            rows.append(f"- {group} minus C: {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} points over both seeds "
+                        f"({d['wins']}/{d['ties']}/{d['losses']})" + (f"; on seed 1 alone (no selection) "
+                                                                       f"{100 * s1:+.2f}." if s1 is not None else "."))
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------- benchmarks
 
 
@@ -145,6 +193,11 @@ def tables() -> dict[str, tuple[Path, Callable[[], str]]]:
         "lfw_ac": (fig5, lambda: lfw_runs(_load(fig5), ["A", "lambda=0.003"])),
         "lfw_fig5_lambda": (fig5, lambda: lfw_grid(_load(fig5), "lambda")),
         "lfw_fig5_alpha": (fig5, lambda: lfw_grid(_load(fig5), "alpha")),
+        "lfw_fig5_summary": (fig5, lambda: fig5_summary(_load(fig5))),
+        "lfw_updates_summary": (RESULTS / "lfw_updates" / "report.json",
+                                lambda: updates_summary(_load(RESULTS / "lfw_updates" / "report.json"))),
+        "lfw_margins_summary": (RESULTS / "lfw_margins" / "report.json",
+                                lambda: margins_summary(_load(RESULTS / "lfw_margins" / "report.json"))),
         "lfw_updates": (RESULTS / "lfw_updates" / "report.json",
                         lambda: lfw_runs(_load(RESULTS / "lfw_updates" / "report.json"),
                                          list(_load(RESULTS / "lfw_updates" / "report.json")["runs"]))),

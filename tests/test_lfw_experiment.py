@@ -118,11 +118,12 @@ def test_grids_seeds_and_selection(mini_lfw, tmp_path) -> None:
 
     root, pairs, _ = mini_lfw
     extra = {"aligned": str(root), "pairs": str(pairs), "out_dir": str(tmp_path / "g"), "seeds": [0, 1],
-             "runs": {"A": {"preset": "lfw_cpu_A"}, "C01": {"preset": "lfw_cpu_C", "set": {"aux.lam": 0.01}}},
+             "runs": {"A": {"preset": "lfw_cpu_A"}, "C01": {"preset": "lfw_cpu_C", "set": {"aux.lam": 0.01}},
+                      "boom": {"preset": "lfw_cpu_C", "set": {"optimizer.lr": 1.0e6, "schedule.warmup_steps": 0}}},
              "grids": {"lambda": {"preset": "lfw_cpu_C", "key": "aux.lam", "values": [0.001, 0.003]},
                        "alpha": {"preset": "lfw_cpu_C", "key": "aux.kwargs.alpha", "values": [0.5, 1.0],
                                  "set": {"aux.lam": 0.01}}},
-             "select": {"arc": ["lambda=0.001", "lambda=0.003"]}, "baseline": "A"}
+             "select": {"arc": ["lambda=0.001", "lambda=0.003", "boom"]}, "baseline": "A"}
     cfg = load_config("tiny", [t for t in TINY if not t.startswith(("subfolds", "fars"))] + ["subfolds=3",
                                                                                              "fars=[0.34]"], extra)
     rep = run_experiment(cfg, "test")
@@ -135,7 +136,11 @@ def test_grids_seeds_and_selection(mini_lfw, tmp_path) -> None:
     assert rep["runs"]["alpha=0.5"]["summary"] == rep["runs"]["C01"]["summary"]
     assert rep["runs"]["alpha=1"]["summary"]["seeds"] == [0, 1]  # not in a select group: every seed
     assert (tmp_path / "g" / "fig5_lambda.png").is_file() and (tmp_path / "g" / "fig5_alpha.png").is_file()
-    assert "| arc |" in (tmp_path / "g" / "report.md").read_text()
+    md = (tmp_path / "g" / "report.md").read_text()
+    assert "| arc |" in md
+    # a setting that diverges is reported as such, never chosen, and does not stop the sweep
+    assert rep["runs"]["boom"]["summary"]["seeds"] == [] and "non-finite" in rep["runs"]["boom"]["summary"]["failed_seeds"]["0"]
+    assert "| boom | diverged:" in md
 
 
 def test_periodic_verification_during_training(mini_lfw, tmp_path) -> None:

@@ -36,11 +36,14 @@ DESCRIPTION = """\
 centerloss: discriminative deep-feature learning with center loss (Wen et al., ECCV 2016).
 
 Typical workflow:
-  centerloss mnist --preset quick              # the paper's 2-D MNIST toy experiment (Figs. 2-3)
-  centerloss align RAW/ ALIGNED/ --mode train  # MTCNN + 5-point similarity alignment to 112x96
-  centerloss train --preset lfw_cpu_C          # face CNN with softmax + center loss
+  centerloss mnist --preset quick                 # the paper's 2-D MNIST toy experiment (Figs. 2-3)
+  centerloss align RAW/ ALIGNED/ --mode train     # MTCNN + 5-point similarity alignment to 112x96
+  centerloss train --preset lfw_cpu_C --data ALIGNED/ --out runs/C    # softmax + center loss
+  centerloss lfw-experiment --preset fig5         # held-out LFW: A vs C, lambda/alpha sweeps, margins
   centerloss eval lfw --features F.npz --pairs pairs.txt --out DIR
-  centerloss verify a.jpg b.jpg --model M      # same person? (raw photos)
+  centerloss verify a.jpg b.jpg --model M         # same person? (raw photos: detect, align, embed)
+  centerloss gallery build PEOPLE/ --model M --out G && centerloss identify who.jpg --gallery G --model M
+  centerloss export --model M --out M.onnx        # ONNX for deployment (verify/embed/identify take it)
 
 Run `centerloss COMMAND --help` for what each command does and its options.
 

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aligned", help="aligned LFW folder (from `centerloss align`)")
     p.add_argument("--pairs", help="LFW pairs.txt (default: $CENTERLOSS_DATA/lfw/pairs.txt)")
     p.add_argument("--out", help="run folder (out_dir)")
-    p.add_argument("--runs", help="comma list of the preset's runs to keep, e.g. A,C")
+    p.add_argument("--runs", "--models", dest="runs", help="comma list of the preset's runs to keep, e.g. A,C")
     p.add_argument("--holdout", help="comma list of 1-based LFW folds to hold out")
     p.add_argument("--seeds", help="comma list of seeds, e.g. 0,1")
     p.add_argument("--parallel", type=int, help="trainings at once (each gets cores / parallel threads)")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import config as cfgmod
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, NonFiniteLossError
 
 
 @dataclass
@@ -62,7 +62,8 @@ class LfwExperimentConfig:
     grids: dict[str, GridSpec] = field(default_factory=dict)  # name -> runs "<name>=<value>"
     select: dict[str, list[str]] = field(default_factory=dict)  # group -> runs tuned on seeds[0]
     seeds: list[int] = field(default_factory=lambda: [0])
-    baseline: str = "A"  # paired differences of every run against this one
+    baseline: str = "A"  # paired differences of every run against this one (a select group: its choice)
+    roc: list[str] = field(default_factory=list)  # runs drawn in roc.png (default: `runs`, or the choices)
     train: dict[str, Any] = field(default_factory=dict)  # overrides applied to every run's train config
     min_images: int = 2  # training identities need at least this many usable crops
     detected_only: bool = True  # train only on crops whose face was detected (needs manifest.csv)
@@ -212,7 +213,12 @@ def run_job(job: Job) -> dict[str, Any]:
     record = folder / "lfw_train.json"
     with LoadSampler() as load:
         t0 = time.perf_counter()
-        summary = Trainer(tcfg).fit()
+        try:
+            summary = Trainer(tcfg).fit()
+        except NonFiniteLossError as e:  # a setting of a sweep that diverges is a result, not a crash
+            print(f"   {job.name} seed {job.seed}: diverged ({e})", flush=True)
+            return {"name": job.name, "seed": job.seed, "failed": str(e).split(";")[0],
+                    "train": {"failed": str(e), "config": dataclasses.asdict(tcfg)}, "verification": None}
         wall = time.perf_counter() - t0
     if summary["steps_this_session"] == 0 and record.is_file():  # finished earlier: keep that session's record
         train = json.loads(record.read_text(encoding="utf-8"))
@@ -314,8 +320,10 @@ def plan(cfg: LfwExperimentConfig, out: Path, train_list: Path, best: set[str] |
 
 def choose(cfg: LfwExperimentConfig, results: list[dict[str, Any]]) -> dict[str, str]:
     """Each ``select`` group's member with the best held-out accuracy on the first seed."""
-    acc = {r["name"]: r["verification"]["accuracy_mean"] for r in results if r["seed"] == cfg.seeds[0]}
-    return {g: max(members, key=lambda m: acc[m]) for g, members in cfg.select.items()}
+    acc = {r["name"]: r["verification"]["accuracy_mean"] for r in results
+           if r["seed"] == cfg.seeds[0] and r.get("verification")}  # a diverged setting is never chosen
+    return {g: max((m for m in members if m in acc), key=lambda m: acc[m]) for g, members in cfg.select.items()
+            if any(m in acc for m in members)}
 
 
 def run_experiment(cfg: LfwExperimentConfig, preset: str = "custom") -> dict[str, Any]:

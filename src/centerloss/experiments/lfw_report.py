@@ -16,14 +16,19 @@ def _fold_acc(v: dict[str, Any]) -> np.ndarray:
     return np.asarray(v["fold_accuracies"], dtype=float)
 
 
-def summarize_run(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds, and the spread over every (fold, seed) accuracy: the error bar of Fig. 5."""
+def summarize_run(all_seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds, and the spread over every (fold, seed) accuracy: the error bar of Fig. 5. Seeds whose
+    training diverged are listed, not averaged."""
+    seeds = {k: v for k, v in all_seeds.items() if v.get("verification")}
+    failed = {str(k): v["train"].get("failed") for k, v in all_seeds.items() if not v.get("verification")}
+    if not seeds:
+        return {"seeds": [], "failed_seeds": failed}
     accs = np.concatenate([_fold_acc(s["verification"]) for s in seeds.values()])
     per_seed = [s["verification"]["accuracy_mean"] for s in seeds.values()]
     mean = lambda k: float(np.mean([s["verification"][k] for s in seeds.values()]))  # noqa: E731
     fars = next(iter(seeds.values()))["verification"]["tar_at_far"]
     train = [s["train"] for s in seeds.values()]
-    return {"seeds": sorted(seeds), "accuracy_mean": float(np.mean(per_seed)),
+    return {"seeds": sorted(seeds), "failed_seeds": failed, "accuracy_mean": float(np.mean(per_seed)),
             "accuracy_std_folds_seeds": float(accs.std(ddof=1)) if accs.size > 1 else 0.0,
             "accuracy_per_seed": [float(a) for a in per_seed], "auc": mean("auc"), "eer": mean("eer"),
             "tar_at_far": {f: float(np.mean([s["verification"]["tar_at_far"][f] for s in seeds.values()])) for f in fars},
@@ -34,7 +39,7 @@ def summarize_run(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
     """Run ``a`` minus run ``b`` fold by fold, pooled over the seeds both have (the same folds and seeds)."""
-    common = sorted(set(a) & set(b))
+    common = sorted(s for s in set(a) & set(b) if a[s].get("verification") and b[s].get("verification"))
     if not common:
         return None
     d = np.concatenate([_fold_acc(a[s]["verification"]) - _fold_acc(b[s]["verification"]) for s in common])
@@ -83,7 +88,8 @@ def _plots(cfg, report: dict[str, Any], out: Path) -> dict[str, str]:
         print(f"plots skipped: {PLOTS_HINT}")
         return {}
     figs = {}
-    main = [n for n in cfg.runs if n in report["runs"]]
+    wanted = cfg.roc or list(report.get("chosen", {}).values()) or list(cfg.runs)
+    main = [n for n in wanted if report["runs"].get(n, {}).get("summary", {}).get("seeds", [None])[:1] == [cfg.seeds[0]]]
     if main:
         _roc(cfg, main, out)
         figs["roc"] = "roc.png"
@@ -122,7 +128,7 @@ def _sweep_plot(report: dict[str, Any], grid: str, spec, path: Path) -> None:
     xs, ys, es = [], [], []
     for v in spec.values:
         s = report["runs"].get(f"{grid}={v:g}", {}).get("summary")
-        if s:
+        if s and s["seeds"]:
             xs.append(v)
             ys.append(100 * s["accuracy_mean"])
             es.append(100 * s["accuracy_std_folds_seeds"])
@@ -130,7 +136,7 @@ def _sweep_plot(report: dict[str, Any], grid: str, spec, path: Path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=3, color="tab:blue", label=f"softmax + center, {grid} varies")
     b = report["runs"].get(report["baseline"], {}).get("summary")
-    if b:
+    if b and b["seeds"]:
         m, e = 100 * b["accuracy_mean"], 100 * b["accuracy_std_folds_seeds"]
         ax.axhline(m, color="tab:red", ls="--", label=f"softmax only ({m:.2f}%)")
         ax.axhspan(m - e, m + e, color="tab:red", alpha=0.1)
@@ -148,6 +154,8 @@ def _sweep_plot(report: dict[str, Any], grid: str, spec, path: Path) -> None:
 
 def _row(name: str, r: dict[str, Any], fars: list[str], d: dict[str, Any] | None) -> str:
     s = r["summary"]
+    if not s["seeds"]:
+        return f"| {r['label']} | diverged: {'; '.join(sorted(set(s['failed_seeds'].values())))[:120]} |"
     tars = " | ".join(f"{100 * s['tar_at_far'][f]:.1f}%" for f in fars)
     diff = f"{100 * d['mean']:+.2f} +- {100 * d['std']:.2f} ({d['wins']}/{d['ties']}/{d['losses']})" if d else "-"
     seeds = ", ".join(f"{100 * a:.2f}" for a in s["accuracy_per_seed"])
@@ -158,7 +166,7 @@ def _row(name: str, r: dict[str, Any], fars: list[str], d: dict[str, Any] | None
 def render_markdown(rep: dict[str, Any]) -> str:
     """The human summary, from ``report.json`` alone."""
     split, ho, cfg = rep["train_split"], rep["heldout"], rep["config"]
-    fars = list(next(iter(rep["runs"].values()))["summary"]["tar_at_far"])
+    fars = list(next(r for r in rep["runs"].values() if r["summary"]["seeds"])["summary"]["tar_at_far"])
     unit = "sub-fold" if len(ho["folds"]) == 1 else "fold"
     base = rep["runs"].get(rep["baseline"], {}).get("label", rep["baseline"])
     lines = [f"# LFW experiment (preset `{rep['preset']}`)", "",

@@ -433,3 +433,27 @@ def test_overrides_reach_the_run(faces, tmp_path) -> None:
     t = Trainer(apply(TrainConfig(), over))
     t.fit()
     assert isinstance(t.optimizer, torch.optim.AdamW) and t.lr < 1e-3
+
+
+def test_ctrl_c_while_the_worker_server_starts_is_kept_and_raised_once_it_has_started() -> None:
+    """The server must start with Ctrl-C blocked (so it never prints a traceback), and the main process must
+    not lose a Ctrl-C that lands in that window (the run would go on): it is raised when the mask is restored.
+    The resource tracker's own start unblocks SIGINT, so it must come first."""
+    code = textwrap.dedent("""
+        import os, signal, multiprocessing.forkserver as fs
+        from multiprocessing import resource_tracker
+        from centerloss.engine import data
+        seen = {}
+        def start():  # what the real one does first, then the moment the server would be spawned
+            resource_tracker.ensure_running()
+            seen["blocked"] = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            os.kill(os.getpid(), signal.SIGINT)
+            seen["went on"] = True
+        fs.ensure_running = start
+        try:
+            data._start_forkserver()
+        except KeyboardInterrupt:
+            print("raised after", sorted(seen.items()))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "raised after [('blocked', True), ('went on', True)]", r.stdout + r.stderr

@@ -77,19 +77,20 @@ def _worker_init(_: int) -> None:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver with Ctrl-C ignored (it and every worker it forks inherit that), so that a Ctrl-C
-    while it starts cannot print its traceback; the main process handles the interrupt, once."""
+    """Start the forkserver with Ctrl-C blocked in the starting thread: the server (and every worker it forks)
+    inherits the blocked mask, so a Ctrl-C while it runs its imports cannot print a traceback there, while the
+    main process keeps its handler. A Ctrl-C in that window stays pending here and is raised, once, when the
+    mask is restored (ignoring it instead, as the server needs, would lose it: the run would go on)."""
     import multiprocessing.forkserver as fs
-    import threading
+    from multiprocessing import resource_tracker
 
-    if threading.current_thread() is not threading.main_thread():
-        fs.ensure_running()
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    resource_tracker.ensure_running()  # first: it blocks, then *unblocks*, Ctrl-C around its own start
+    sigint = {signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigint)
     try:
         fs.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, workers: int, pin_memory: bool,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -99,9 +98,14 @@ def measure_one(method: str, num_classes: int, batch: int, dim: int, device: str
 
 def render(machine: dict, batch: int, dim: int, rows: list[dict]) -> list[str]:
     """The markdown table of a run (also used by ``--render`` to redraw it from the saved JSON)."""
+    load = ""
+    if "uptime_before" in machine:
+        load = f" Load: before `{machine['uptime_before']}`; after `{machine['uptime_after']}`."
     lines = [f"# Center-loss step time and memory ({machine['device']}, B={batch}, d={dim})", "",
-             f"torch {machine['torch']}, {machine['threads']} threads, {machine['platform']}. Median of timed "
-             "steps (forward + backward + center update). Extra memory excludes the centers table itself.", "",
+             f"torch {machine['torch']}, {machine['threads']} threads, {machine.get('cpu', '')} "
+             f"({machine.get('cpu_count', '?')} CPUs), {machine['platform']}. Median of timed steps (forward + "
+             "backward + center update), each point in a fresh process. Extra memory excludes the centers table "
+             f"itself.{load}", "",
              "| C | CenterLoss ms/step | dense ms/step | speed-up | CenterLoss extra MiB | dense extra MiB |",
              "|---|---|---|---|---|---|"]
     by = {(r["classes"], r["method"]): r for r in rows}
@@ -146,7 +150,9 @@ def main() -> None:
         print(json.dumps(measure_one(method, c, args.batch, args.dim, args.device, steps)))
         return
 
-    rows = []
+    from centerloss.utils.machine import uptime
+
+    rows, before = [], uptime()
     for c in [int(v) for v in args.classes.split(",")]:
         for method in ("centerloss", "dense"):
             cmd = [sys.executable, __file__, "--child", method, str(c), "--device", args.device,
@@ -165,19 +171,18 @@ def main() -> None:
                   f" (centers {r['centers_bytes'] / 2**20:.1f} MiB)", flush=True)
 
     name = args.device.replace(":", "")
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    from centerloss.utils.atomic import write_json, write_text
+    from centerloss.utils.machine import machine_info
+
+    machine = {**machine_info(), "threads": torch.get_num_threads(), "uptime_before": before,
+               "uptime_after": uptime(),
                "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"}
-    try:
-        machine["loadavg"] = os.getloadavg()
-    except OSError:
-        pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"center_loss_{name}.json").write_text(json.dumps({"machine": machine, "batch": args.batch,
-                                                              "dim": args.dim, "rows": rows}, indent=2))
+    write_json(out / f"center_loss_{name}.json", {"machine": machine, "batch": args.batch, "dim": args.dim,
+                                                   "rows": rows})
     lines = render(machine, args.batch, args.dim, rows)
-    (out / f"center_loss_{name}.md").write_text("\n".join(lines) + "\n")
+    write_text(out / f"center_loss_{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -2,7 +2,8 @@
 
 Tables live between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers; nothing between them is
 typed by hand. ``python docs/make_readme.py`` rewrites them, ``--check`` exits 1 if README.md is stale
-(``tests/test_readme.py`` runs it). A table whose source is missing is left as it is and reported.
+(``tests/test_readme.py`` runs it). A table whose source has not been produced yet says so, with the command
+that produces it, instead of showing any figure.
 """
 
 from __future__ import annotations
@@ -212,6 +213,28 @@ def tables() -> dict[str, tuple[Path, Callable[[], str]]]:
     }
 
 
+# what produces each source (the results folders are copied from the run folders these commands write)
+MAKERS = {
+    "mnist_quick": "make demo",
+    "mnist_paper": "centerloss mnist --preset paper",
+    "mnist_updates": "centerloss mnist --preset updates",
+    "lfw_fig5": "centerloss lfw-experiment --preset fig5",
+    "lfw_updates": "centerloss lfw-experiment --preset updates",
+    "lfw_margins": "centerloss lfw-experiment --preset margins",
+    "center_loss_cpu.md": "python benchmarks/bench_center_loss.py",
+    "sharded_head_cpu.md": "python benchmarks/bench_sharded_head.py",
+    "sharded_lfw.md": "python benchmarks/bench_sharded_lfw.py --aligned DIR",
+    "engine_syncs.md": "python benchmarks/bench_engine_syncs.py",
+    "onnx_cpu.md": "python benchmarks/bench_onnx.py --model M",
+    "gallery_lfw.md": "python benchmarks/bench_gallery_lfw.py --model M --heldout FILE",
+}
+
+
+def not_yet(src: Path) -> str:
+    maker = MAKERS.get(src.name) or MAKERS.get(src.parent.name, "?")
+    return f"*Not measured yet: `{src.relative_to(ROOT)}` does not exist (`{maker}` produces it).*"
+
+
 _BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
 
@@ -225,7 +248,7 @@ def render(readme: str) -> tuple[str, list[str]]:
         src, make = known[name]
         if not src.is_file():
             missing.append(f"{name} ({src.relative_to(ROOT)})")
-            return m.group(0)
+            return f"{m.group(1)}{not_yet(src)}\n{m.group(4)}"
         return f"{m.group(1)}{make().rstrip()}\n{m.group(4)}"
 
     return _BLOCK.sub(fill, readme), missing
@@ -239,7 +262,7 @@ def main() -> int:
     old = path.read_text(encoding="utf-8")
     new, missing = render(old)
     for m in missing:
-        print(f"source missing, table left as is: {m}", file=sys.stderr)
+        print(f"not measured yet (the README says so): {m}", file=sys.stderr)
     if args.check:
         if new != old:
             print("README.md is stale: run python docs/make_readme.py", file=sys.stderr)

@@ -77,6 +77,8 @@ def test_pairwise_losses_gradcheck_and_precision():
     x.requires_grad_()
     assert torch.autograd.gradcheck(lambda a: contrastive_loss(a, y, 3.0), (x,))
     assert torch.autograd.gradcheck(lambda a: triplet_loss(a, y, 1.0, "all"), (x,))
+    assert torch.autograd.gradcheck(lambda a: triplet_loss(a, y, 1.0, "batch_hard"), (x,))
+    assert torch.autograd.gradcheck(lambda a: contrastive_loss(a, y, 3.0, "balanced"), (x,))
     # large common offset, small spread: distances stay right in float32
     xb, yb = batch(torch.float64, b=8)
     big = (xb * 1e-2 + 1e4).float()  # the float32 inputs themselves; reference in float64 from them
@@ -90,6 +92,11 @@ def test_degenerate_batches():
     loss = triplet_loss(x, torch.tensor([0, 1, 2, 3]))
     assert loss.item() == 0.0
     loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))  # the masked +-inf never leak a NaN into the gradient
+    # balanced contrastive with no positive pair: the negative mean alone
+    xs, ys = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    assert contrastive_loss(xs, ys, 2.0, "balanced").item() == pytest.approx(
+        contrastive_loss(xs, ys, 2.0, "mean").item(), rel=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         contrastive_loss(torch.randn(1, 3), torch.tensor([0]))
     # identical features: finite gradient despite |x_i - x_j| = 0

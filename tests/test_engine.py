@@ -126,8 +126,9 @@ def test_nan_gradients_skip_the_optimizer_step(faces, tmp_path) -> None:
 
 
 def test_no_host_sync_in_the_steady_state_step(faces, tmp_path) -> None:
-    for aux, kw in (("center", {"alpha": 0.5}), ("center", {"update": "caffe"}), ("none", {})):
-        cfg = tiny_cfg(faces, tmp_path / f"sync_{aux}_{kw.get('update', 'x')}", **{
+    for aux, kw in (("center", {"alpha": 0.5}), ("center", {"update": "caffe"}), ("none", {}),
+                    ("contrastive", {"margin": 1.0, "reduction": "balanced"}), ("triplet", {"margin": 0.2})):
+        cfg = tiny_cfg(faces, tmp_path / f"sync_{aux}_{kw.get('update', kw.get('reduction', 'x'))}", **{
             "aux.name": aux, "aux.kwargs": kw, "runtime.log_every": 100, "runtime.ckpt_every": 100,
             "schedule.epochs": 1})
         t = Trainer(cfg)

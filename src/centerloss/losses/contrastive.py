@@ -14,13 +14,14 @@ from ._distances import pairwise_sq_dists, safe_sqrt
 from ._validate import check_batch
 
 
-def contrastive_loss(features: Tensor, labels: Tensor, margin: float = 1.0, reduction: str = "mean") -> Tensor:
+def contrastive_loss(features: Tensor, labels: Tensor, margin: float = 1.0, reduction: str = "mean",
+                     validate: bool = True) -> Tensor:
     """Contrastive loss over all B(B-1)/2 in-batch pairs.
 
     ``reduction="mean"`` averages over pairs, ``"sum"`` sums them, ``"balanced"`` averages positive and
     negative pairs separately and adds the two means (a batch has far more negative than positive pairs).
     """
-    check_batch(features, labels)
+    check_batch(features, labels, values=validate)  # values: one host sync (NaN/Inf); the engine skips it
     if features.shape[0] < 2:
         raise ValueError("contrastive loss needs at least 2 samples per batch")
     d2 = pairwise_sq_dists(features)  # (B, B)
@@ -30,9 +31,10 @@ def contrastive_loss(features: Tensor, labels: Tensor, margin: float = 1.0, redu
     pos = 0.5 * d2
     neg = 0.5 * (margin - safe_sqrt(d2)).clamp_min(0.0).pow(2)
     if reduction == "balanced":
-        zero = d2.sum() * 0.0
-        pos_m = pos[same].mean() if bool(same.any()) else zero
-        neg_m = neg[~same].mean() if bool((~same).any()) else zero
+        # masked sums over counts (an empty side contributes 0): no data-dependent shape, so no host sync
+        w = same.to(pos.dtype)
+        pos_m = (pos * w).sum() / w.sum().clamp_min(1.0)
+        neg_m = (neg * (1.0 - w)).sum() / (1.0 - w).sum().clamp_min(1.0)
         return pos_m + neg_m
     per_pair = torch.where(same, pos, neg)
     if reduction == "mean":
@@ -45,8 +47,9 @@ def contrastive_loss(features: Tensor, labels: Tensor, margin: float = 1.0, redu
 class ContrastiveLoss(nn.Module):
     """Module twin of :func:`contrastive_loss`; ``loss(features, labels)``."""
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, margin: float = 1.0, reduction: str = "mean", validate: bool = True) -> None:
         super().__init__()
+        self.validate = validate  # check NaN/Inf per batch (one host sync); the engine turns it off
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
         if reduction not in ("mean", "sum", "balanced"):
@@ -58,4 +61,4 @@ class ContrastiveLoss(nn.Module):
         return f"margin={self.margin}, reduction={self.reduction!r}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        return contrastive_loss(features, labels, self.margin, self.reduction)
+        return contrastive_loss(features, labels, self.margin, self.reduction, self.validate)

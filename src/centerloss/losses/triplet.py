@@ -16,36 +16,36 @@ from ._distances import pairwise_sq_dists, safe_sqrt
 from ._validate import check_batch
 
 
-def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.2, mining: str = "batch_hard") -> Tensor:
-    check_batch(features, labels)
+def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.2, mining: str = "batch_hard",
+                 validate: bool = True) -> Tensor:
+    check_batch(features, labels, values=validate)  # values: one host sync (NaN/Inf); the engine skips it
     dist = safe_sqrt(pairwise_sq_dists(features))  # (B, B)
     n = features.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=features.device)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)  # (B, B)
     pos_mask = same & ~eye
     neg_mask = ~same
+    # masked means (sum over valid / count, 0 when none is valid): no data-dependent shape, no host sync
     if mining == "batch_hard":
         valid = pos_mask.any(1) & neg_mask.any(1)  # anchors with at least one positive and one negative
-        if not bool(valid.any()):
-            return dist.sum() * 0.0
-        hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).amax(1)  # (B,)
-        hardest_neg = dist.masked_fill(~neg_mask, float("inf")).amin(1)  # (B,)
-        return (hardest_pos - hardest_neg + margin)[valid].clamp_min(0.0).mean()
+        hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).amax(1)  # (B,); -inf: no positive
+        hardest_neg = dist.masked_fill(~neg_mask, float("inf")).amin(1)  # (B,); +inf: no negative
+        per_anchor = torch.where(valid, (hardest_pos - hardest_neg + margin).clamp_min(0.0), 0.0)
+        return per_anchor.sum() / valid.sum().clamp_min(1)
     if mining == "all":
         # (a, p, n) valid iff pos_mask[a, p] and neg_mask[a, n]
         trip = pos_mask.unsqueeze(2) & neg_mask.unsqueeze(1)  # (B, B, B)
-        if not bool(trip.any()):
-            return dist.sum() * 0.0
-        l_all = dist.unsqueeze(2) - dist.unsqueeze(1) + margin  # (B, B, B)
-        return l_all[trip].clamp_min(0.0).mean()
+        l_all = (dist.unsqueeze(2) - dist.unsqueeze(1) + margin).clamp_min(0.0)  # (B, B, B)
+        return torch.where(trip, l_all, 0.0).sum() / trip.sum().clamp_min(1)
     raise ValueError(f"mining must be 'batch_hard' or 'all', got {mining!r}")
 
 
 class TripletLoss(nn.Module):
     """Module twin of :func:`triplet_loss`; ``loss(features, labels)``."""
 
-    def __init__(self, margin: float = 0.2, mining: str = "batch_hard") -> None:
+    def __init__(self, margin: float = 0.2, mining: str = "batch_hard", validate: bool = True) -> None:
         super().__init__()
+        self.validate = validate  # check NaN/Inf per batch (one host sync); the engine turns it off
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         if mining not in ("batch_hard", "all"):
@@ -57,4 +57,4 @@ class TripletLoss(nn.Module):
         return f"margin={self.margin}, mining={self.mining!r}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        return triplet_loss(features, labels, self.margin, self.mining)
+        return triplet_loss(features, labels, self.margin, self.mining, self.validate)

@@ -427,6 +427,28 @@ def _model_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _key(row: dict) -> tuple:
+    return row["head"], row.get("sample_rate"), row["classes"], row["dim"], row["world"]
+
+
+def _row_name(key: list) -> str:
+    head, rate, c, d, w = key
+    return f"{head if head == 'dense' else f'sharded r={rate:g}'} C={c:,} d={d} W={w}"
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """``old``'s rows with those of the same configuration replaced by ``new``'s (each row keeps the command and
+    load it was measured under in ``setup.merged``)."""
+    fresh = {_key(r): r for r in new["rows"]}
+    rows = [fresh.pop(_key(r), r) for r in old["rows"]] + list(fresh.values())
+    merged = {**old, "rows": rows}
+    merged["setup"] = {**old["setup"], "merged": old["setup"].get("merged", []) + [
+        {"command": new["setup"]["command"], "mem_fraction": new["setup"]["mem_fraction"],
+         "uptime_before": new["uptime_before"], "uptime_after": new["uptime_after"],
+         "rows": [list(_key(r)) for r in new["rows"]]}]}
+    return merged
+
+
 def render(saved: dict) -> str:
     s = saved["setup"]
     mach = saved["machine"]
@@ -434,7 +456,10 @@ def render(saved: dict) -> str:
         "# Sharded softmax + center-loss head vs the replicated dense head under DDP (CPU, gloo)", "",
         f"Machine: {mach.get('cpu')}, {mach.get('cpu_count')} cores, {mach.get('memory_gb')} GB RAM, torch "
         f"{mach.get('torch')}; shared with other users. Load before: `{saved['uptime_before']}`; after: "
-        f"`{saved['uptime_after']}`.", "",
+        f"`{saved['uptime_after']}`." + "".join(
+            f" Rows {'; '.join(_row_name(k) for k in m['rows'])} rerun by `{m['command']}` (load before "
+            f"`{m['uptime_before']}`, after "
+            f"`{m['uptime_after']}`)." for m in saved["setup"].get("merged", [])), "",
         f"Global batch {s['batch']} (batch/W per rank), SGD momentum 0.9, lambda {LAM}, alpha {ALPHA}, "
         f"validate=False; median of {s['steps']} steps after {s['warmup']} warm-up; W gloo processes on this "
         f"CPU, {s['threads']} torch threads each (cores/W unless set). Times are rank 0's; with W > cores the "
@@ -472,6 +497,8 @@ def main() -> int:
     ap.add_argument("--plan", action="store_true", help="only list the configurations, the modelled memory and "
                     "which would be skipped")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--merge", action="store_true", help="add these rows to the saved JSON in --out (replacing "
+                    "rows of the same configuration), e.g. to rerun the skipped ones with a larger --mem-fraction")
     ap.add_argument("--render", nargs="?", const=str(OUT / f"{NAME}.json"), metavar="JSON",
                     help="only regenerate the .md from a saved .json")
     args = ap.parse_args()
@@ -496,6 +523,8 @@ def main() -> int:
                        "command": " ".join(sys.argv)},
              "machine": machine_info("cpu"), "uptime_before": before, "uptime_after": uptime(),
              "rows": rows, "model": model_tables()}
+    if args.merge:
+        saved = _merged(json.loads((out / f"{NAME}.json").read_text()), saved)
     write_json(out / f"{NAME}.json", saved)
     write_text(out / f"{NAME}.md", render(saved) + "\n")
     print(f"wrote {out / (NAME + '.json')} and .md")

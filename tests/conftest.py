@@ -8,12 +8,20 @@ which skip -- loudly: the end of the run prints how many tests skipped for want 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# The Ctrl-C tests send SIGINT to the commands they start. A shell that runs the suite as a background job
+# (`make test &` in a script) starts it with SIGINT ignored, and an ignored signal stays ignored across exec:
+# those commands would never see the Ctrl-C. Give the suite, and so every child, the default disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 DATA = Path(os.environ.get("CENTERLOSS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 if DATA.is_dir():  # the library assumes no checkout layout; point it at the shared data for the tests

@@ -78,18 +78,55 @@ def weight_diff(a: Path, b: Path) -> dict:
     return {"max_abs": num, "max_relative_l2": rel}
 
 
+def loss_trajectory(dense: Path, other: Path, at: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)) -> dict:
+    """|loss - dense loss| / |dense loss| at logged steps (and the last): rounding differences start at
+    float precision and are amplified by training; a bug would show from the first steps."""
+    from centerloss.engine.logs import read_csv
+
+    a = {int(r["step"]): float(r["loss"]) for r in read_csv(dense / "train_log.csv")}
+    b = {int(r["step"]): float(r["loss"]) for r in read_csv(other / "train_log.csv")}
+    steps = [s for s in (*at, max(a)) if s in a and s in b]
+    return {str(s): abs(a[s] - b[s]) / abs(a[s]) for s in steps}
+
+
+def paired_vs_dense(dense: dict, other: dict) -> dict:
+    import numpy as np
+
+    d = np.array(other["fold_accuracies"]) - np.array(dense["fold_accuracies"])
+    return {"mean": float(d.mean()), "std": float(d.std(ddof=1)), "dense_fold_std": dense["accuracy_std"]}
+
+
+def compare(runs: dict) -> None:
+    """The derived comparisons against the first (dense) run, added to each other run in place."""
+    first = next(iter(runs.values()))
+    dense = Path(first["folder"])
+    for r in list(runs.values())[1:]:
+        r["weights_vs_dense"] = weight_diff(dense, Path(r["folder"]))
+        r["loss_rel_diff_vs_dense"] = loss_trajectory(dense, Path(r["folder"]))
+        r["accuracy_vs_dense"] = paired_vs_dense(first["verification"], r["verification"])
+
+
 def render(res: dict) -> str:
     lines = ["# Sharded head on the LFW experiment's data", "",
              f"Model C (lfw_cpu_C), {res['train_identities']} training identities; held-out LFW folds 1-5 "
              f"(5-fold CV over 3,000 pairs). CPU: {res['machine']['cpu']}, {res['machine']['cpu_count']} cores "
              "(shared; see the load averages in the JSON).", "",
-             "| run | held-out accuracy | AUC | vs dense: backbone weights (max abs / max rel. L2) | train time |",
-             "|---|---:|---:|---|---:|"]
+             "| run | held-out accuracy | minus dense, paired over folds | AUC | vs dense: backbone weights "
+             "(max abs / max rel. L2) | train time |",
+             "|---|---:|---:|---:|---|---:|"]
     for name, r in res["runs"].items():
         v, d = r["verification"], r.get("weights_vs_dense")
         dd = f"{d['max_abs']:.2e} / {d['max_relative_l2']:.2e}" if d else "-"
-        lines.append(f"| {name} | {100 * v['accuracy_mean']:.2f} +- {100 * v['accuracy_std']:.2f}% | {v['auc']:.4f} | "
-                     f"{dd} | {r['wall_s'] / 60:.1f} min |")
+        pd = r.get("accuracy_vs_dense")
+        pd = f"{100 * pd['mean']:+.2f} +- {100 * pd['std']:.2f}" if pd else "-"
+        lines.append(f"| {name} | {100 * v['accuracy_mean']:.2f} +- {100 * v['accuracy_std']:.2f}% | {pd} | "
+                     f"{v['auc']:.4f} | {dd} | {r['wall_s'] / 60:.1f} min |")
+    traj = {n: r["loss_rel_diff_vs_dense"] for n, r in res["runs"].items() if "loss_rel_diff_vs_dense" in r}
+    if traj:
+        steps = list(next(iter(traj.values())))
+        lines += ["", "Relative difference of the logged training loss from the dense run's, by step:", "",
+                  "| run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+        lines += [f"| {n} | " + " | ".join(f"{t[s]:.1e}" for s in steps) + " |" for n, t in traj.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +136,9 @@ def main() -> None:
     p.add_argument("--pairs", default=str(Path(os.environ.get("CENTERLOSS_DATA", "../shared/data")) / "lfw" / "pairs.txt"))
     p.add_argument("--work", default="runs/bench_sharded_lfw")
     p.add_argument("--out", default=str(HERE / "results" / "sharded_lfw.json"))
-    p.add_argument("--render", action="store_true")
+    p.add_argument("--render", action="store_true", help="only redraw the .md from the saved JSON")
+    p.add_argument("--reanalyse", action="store_true", help="recompute the comparisons with the dense run from "
+                   "the saved JSON and the run folders (no training), then redraw the .md")
     p.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE", help="more --set overrides (smoke tests)")
     args = p.parse_args()
     from centerloss.eval.protocols import read_lfw_pairs
@@ -107,8 +146,12 @@ def main() -> None:
     from centerloss.utils.atomic import write_json, write_text
     from centerloss.utils.machine import machine_info
 
-    if args.render:
-        write_text(Path(args.out).with_suffix(".md"), render(json.loads(Path(args.out).read_text())))
+    if args.render or args.reanalyse:
+        res = json.loads(Path(args.out).read_text())
+        if args.reanalyse:
+            compare(res["runs"])
+            write_json(Path(args.out), res)
+        write_text(Path(args.out).with_suffix(".md"), render(res))
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -120,9 +163,7 @@ def main() -> None:
     for name, (procs, sets) in RUNS.items():
         runs[name] = train(name, procs, sets, args, train_list.resolve(), work)
         runs[name]["verification"] = verify(Path(runs[name]["folder"]), args)
-    dense = Path(next(iter(runs.values()))["folder"])
-    for r in list(runs.values())[1:]:
-        r["weights_vs_dense"] = weight_diff(dense, Path(r["folder"]))
+    compare(runs)
     res = {"train_identities": split["identities"], "runs": runs, "machine": machine_info("cpu")}
     write_json(Path(args.out), res)
     write_text(Path(args.out).with_suffix(".md"), render(res))

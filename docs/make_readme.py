@@ -165,10 +165,22 @@ def center_loss_cpu(res: dict) -> str:
 
 
 def md_file(path: Path) -> Callable[[], str]:
-    """A benchmark's own markdown table (rendered from its JSON by the benchmark's --render), tables only."""
+    """A benchmark's own markdown tables (rendered from its JSON by the benchmark), each after the first with
+    the line that introduces it, separated by blank lines."""
     def get() -> str:
-        text = path.read_text(encoding="utf-8")
-        return "\n".join(ln for ln in text.splitlines() if ln.startswith("|"))
+        lines, blocks, i = path.read_text(encoding="utf-8").splitlines(), [], 0
+        while i < len(lines):
+            if not lines[i].startswith("|"):
+                i += 1
+                continue
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            caption = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
+            lead = [caption, ""] if blocks and not caption.startswith(("#", "|")) else []
+            blocks.append("\n".join(lead + lines[i:j]))
+            i = j
+        return "\n\n".join(blocks)
     return get
 
 

@@ -372,7 +372,7 @@ def grid(args: argparse.Namespace) -> list[dict]:
 
 
 def _describe(row: dict) -> str:
-    head = row["head"] if row["head"] == "dense" else f"sharded r={row['sample_rate']:g}"
+    head = _head_label(row["head"], row["sample_rate"])
     return f"{head:>16} C={row['classes']:>10,} d={row['dim']:<4} W={row['world']}"
 
 
@@ -392,12 +392,16 @@ def _print_row(row: dict) -> None:
 # ---------------------------------------------------------------- markdown
 
 
+def _head_label(head: str, rate: float | None) -> str:
+    return head if head == "dense" else f"sharded r={rate:g}"
+
+
 def _measured_lines(rows: list[dict]) -> list[str]:
     lines = ["| head | C | d | W | fwd ms | bwd ms | update ms | slowest rank step ms | state MiB (model) "
              "| peak RSS + MiB, max rank (model) | comm MiB/step/rank (model) | DDP share MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        head = row["head"] if row["head"] == "dense" else f"sharded r={row['sample_rate']:g}"
+        head = _head_label(row["head"], row["sample_rate"])
         lead = f"| {head} | {row['classes']:,} | {row['dim']} | {row['world']} |"
         if "skipped" in row:
             lines.append(f"{lead} skipped: {row['skipped']} |" + " - |" * 7)
@@ -419,7 +423,7 @@ def _model_lines(rows: list[dict]) -> list[str]:
     lines = ["| GPUs | C | head | rows/GPU | sampled k | state GiB | logits GiB | peak GiB | payload MiB/step "
              "| ring wire MiB/step |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        head = r["head"] if r["head"] == "dense" else f"sharded r={r['sample_rate']:g}"
+        head = _head_label(r["head"], r["sample_rate"])
         lines.append(f"| {r['world']} | {r['classes'] / 1e6:g}M | {head} | {r['local_classes']:,} | "
                      f"{r['sampled_rows']:,} | {r['state_bytes'] / GiB:,.1f} | {r['logits_bytes'] / GiB:,.1f} | "
                      f"{r['peak_bytes'] / GiB:,.1f} | {r['comm_payload_bytes'] / MiB:,.1f} | "
@@ -433,7 +437,7 @@ def _key(row: dict) -> tuple:
 
 def _row_name(key: list) -> str:
     head, rate, c, d, w = key
-    return f"{head if head == 'dense' else f'sharded r={rate:g}'} C={c:,} d={d} W={w}"
+    return f"{_head_label(head, rate)} C={c:,} d={d} W={w}"
 
 
 def _merged(old: dict, new: dict) -> dict:

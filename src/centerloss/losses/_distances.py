@@ -25,3 +25,9 @@ def pairwise_sq_dists(features: Tensor) -> Tensor:
 def safe_sqrt(x: Tensor, eps: float = 1e-12) -> Tensor:
     """sqrt with a finite gradient at 0."""
     return x.clamp_min(eps).sqrt()
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` holds, 0 where it never does; a fixed shape, so no host sync (unlike
+    ``values[mask].mean()``, whose boolean indexing must read the mask's count back)."""
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)

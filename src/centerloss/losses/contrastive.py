@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._distances import pairwise_sq_dists, safe_sqrt
+from ._distances import masked_mean, pairwise_sq_dists, safe_sqrt
 from ._validate import check_batch
 
 
@@ -31,11 +31,7 @@ def contrastive_loss(features: Tensor, labels: Tensor, margin: float = 1.0, redu
     pos = 0.5 * d2
     neg = 0.5 * (margin - safe_sqrt(d2)).clamp_min(0.0).pow(2)
     if reduction == "balanced":
-        # masked sums over counts (an empty side contributes 0): no data-dependent shape, so no host sync
-        w = same.to(pos.dtype)
-        pos_m = (pos * w).sum() / w.sum().clamp_min(1.0)
-        neg_m = (neg * (1.0 - w)).sum() / (1.0 - w).sum().clamp_min(1.0)
-        return pos_m + neg_m
+        return masked_mean(pos, same) + masked_mean(neg, ~same)  # an empty side contributes 0
     per_pair = torch.where(same, pos, neg)
     if reduction == "mean":
         return per_pair.mean()

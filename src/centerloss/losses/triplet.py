@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._distances import pairwise_sq_dists, safe_sqrt
+from ._distances import masked_mean, pairwise_sq_dists, safe_sqrt
 from ._validate import check_batch
 
 
@@ -25,18 +25,17 @@ def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.2, mining: 
     same = labels.unsqueeze(0) == labels.unsqueeze(1)  # (B, B)
     pos_mask = same & ~eye
     neg_mask = ~same
-    # masked means (sum over valid / count, 0 when none is valid): no data-dependent shape, no host sync
+    # masked means (0 when nothing is valid): no data-dependent shape, no host sync
     if mining == "batch_hard":
         valid = pos_mask.any(1) & neg_mask.any(1)  # anchors with at least one positive and one negative
         hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).amax(1)  # (B,); -inf: no positive
         hardest_neg = dist.masked_fill(~neg_mask, float("inf")).amin(1)  # (B,); +inf: no negative
-        per_anchor = torch.where(valid, (hardest_pos - hardest_neg + margin).clamp_min(0.0), 0.0)
-        return per_anchor.sum() / valid.sum().clamp_min(1)
+        return masked_mean((hardest_pos - hardest_neg + margin).clamp_min(0.0), valid)
     if mining == "all":
         # (a, p, n) valid iff pos_mask[a, p] and neg_mask[a, n]
         trip = pos_mask.unsqueeze(2) & neg_mask.unsqueeze(1)  # (B, B, B)
         l_all = (dist.unsqueeze(2) - dist.unsqueeze(1) + margin).clamp_min(0.0)  # (B, B, B)
-        return torch.where(trip, l_all, 0.0).sum() / trip.sum().clamp_min(1)
+        return masked_mean(l_all, trip)
     raise ValueError(f"mining must be 'batch_hard' or 'all', got {mining!r}")
 
 

@@ -143,6 +143,30 @@ def test_grids_seeds_and_selection(mini_lfw, tmp_path) -> None:
     assert "| boom | diverged:" in md
 
 
+def test_reuse_copies_identical_finished_trainings_only(mini_lfw, tmp_path) -> None:
+    """`reuse`: a (run, seed) identical to a finished training of an earlier experiment is copied, not retrained,
+    and scores the same; a run that differs in one result-changing key is trained."""
+    from centerloss.experiments.lfw import load_config, run_experiment
+
+    root, pairs, _ = mini_lfw
+    tiny = [t for t in TINY if not t.startswith(("subfolds", "fars"))] + ["subfolds=3", "fars=[0.34]"]
+    base = {"aligned": str(root), "pairs": str(pairs), "baseline": "A"}
+    first = run_experiment(load_config("tiny", tiny, {**base, "out_dir": str(tmp_path / "one"),
+                                                      "runs": {"A": {"preset": "lfw_cpu_A"}}}), "test")
+    runs = {"A2": {"preset": "lfw_cpu_A"}, "A": {"preset": "lfw_cpu_A", "set": {"optimizer.lr": 0.05}}}
+    cfg = load_config("tiny", tiny, {**base, "out_dir": str(tmp_path / "two"), "runs": runs,
+                                     "reuse": [str(tmp_path / "one"), str(tmp_path / "missing")]})
+    rep = run_experiment(cfg, "test")
+    same, other = (tmp_path / "two" / "runs" / n / "seed0" for n in ("A2", "A"))
+    assert (same / "reused_from.json").is_file() and not (other / "reused_from.json").exists()
+    a2 = rep["runs"]["A2"]["seeds"]["0"]
+    assert a2["train"]["reused_from"] == str(tmp_path / "one" / "runs" / "A" / "seed0")
+    assert a2["verification"]["accuracy_mean"] == first["runs"]["A"]["seeds"]["0"]["verification"]["accuracy_mean"]
+    assert (same / "eval.json").is_file() and (same / "train_log.csv").is_file()
+    assert "train_log.csv" in os.listdir(other) and "Reused, not retrained" in (tmp_path / "two" / "report.md").read_text()
+    assert run_experiment(cfg, "test")["runs"]["A2"]["seeds"]["0"] == a2  # a rerun keeps the copy
+
+
 def test_periodic_verification_during_training(mini_lfw, tmp_path) -> None:
     from conftest import tiny_cfg
 

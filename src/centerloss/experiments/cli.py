@@ -81,7 +81,9 @@ Presets (centerloss/configs/lfw/):
 
 Each run's train config is its train preset (see `centerloss train --help`) with the experiment's `train`
 overrides and its own `set`; e.g. --set train.schedule.epochs=2. Rerunning a command resumes: unfinished
-trainings continue from their checkpoints, finished evaluations are reused. Writes OUT/report.json,
+trainings continue from their checkpoints, finished evaluations are reused. `updates` and `margins` reuse
+(copy, not retrain) the Fig. 5 sweep's finished trainings whose config, seed and training files are identical
+(`reuse` in the preset; --set reuse=[] trains everything). Writes OUT/report.json,
 report.md, roc.png (and fig5_*.png for sweeps), train_files.txt, heldout_identities.txt, runs/<run>/seed<k>/.
 """
 

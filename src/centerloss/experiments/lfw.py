@@ -16,7 +16,10 @@ A config names ``runs`` (a train preset plus overrides each), optional ``grids``
 key: the Fig. 5 sweeps), ``seeds``, and optional ``select`` groups: the members of a group are trained on the
 first seed only and the best of them (by held-out accuracy) is trained on the other seeds, so the later seeds
 measure the chosen setting without the selection's optimism. Everything resumes: rerunning the command
-continues unfinished trainings from their checkpoints and reuses finished evaluations.
+continues unfinished trainings from their checkpoints and reuses finished evaluations. ``reuse`` names earlier
+experiments (e.g. the Fig. 5 sweep): a (run, seed) whose complete train config and training files equal one of
+their finished trainings is copied from there instead of retrained (training is deterministic on CPU), and
+only its held-out evaluation is recomputed; ``reused_from.json`` in the run folder and the report say so.
 
 Run folder: ``config.yaml``, ``train_files.txt``, ``heldout_identities.txt``, ``runs/<run>/seed<k>/`` (an
 engine run folder each, plus ``eval.json`` and ``features.npz``), ``report.json``, ``report.md`` and plots.
@@ -74,6 +77,7 @@ class LfwExperimentConfig:
     fars: list[float] = field(default_factory=lambda: [0.01, 0.1])
     eval_batch: int = 128
     out_dir: str = "runs/lfw_cpu"
+    reuse: list[str] = field(default_factory=list)  # finished experiments whose identical trainings are copied
 
     def __post_init__(self) -> None:
         names = self.run_names()
@@ -196,20 +200,30 @@ class Job:
     threads: int
 
 
+def job_train_config(job: Job):
+    """The complete train config of one (run, seed): the run's, plus the experiment's data and run folder."""
+    from ..engine.config import apply
+
+    return apply(job.cfg.train_overrides(job.name), {
+        "data.root": str(Path(job.cfg.aligned).resolve()), "data.file_list": job.train_list,
+        "data.min_images": job.cfg.min_images, "runtime.out_dir": job.folder, "runtime.resume": "auto",
+        "runtime.seed": job.seed, "runtime.device": job.cfg.device, "runtime.threads": job.threads})
+
+
 def run_job(job: Job) -> dict[str, Any]:
-    """Train (or resume) the run and verify it on the held-out pairs; both results are kept in its folder."""
+    """Train (or resume, or reuse) the run and verify it on the held-out pairs; both results stay in its folder."""
     import json
 
-    from ..engine.config import apply
     from ..engine.trainer import Trainer
     from ..utils.atomic import write_json
     from ..utils.machine import LoadSampler
 
     folder = Path(job.folder)
-    tcfg = apply(job.cfg.train_overrides(job.name), {
-        "data.root": str(Path(job.cfg.aligned).resolve()), "data.file_list": job.train_list,
-        "data.min_images": job.cfg.min_images, "runtime.out_dir": str(folder), "runtime.resume": "auto",
-        "runtime.seed": job.seed, "runtime.device": job.cfg.device, "runtime.threads": job.threads})
+    tcfg = job_train_config(job)
+    reused = reuse_finished(job, tcfg)
+    if reused is not None:
+        return {"name": job.name, "seed": job.seed, "train": reused,
+                "verification": _verify(job, folder, reused["steps"])}
     record = folder / "lfw_train.json"
     with LoadSampler() as load:
         t0 = time.perf_counter()
@@ -227,6 +241,59 @@ def run_job(job: Job) -> dict[str, Any]:
                  "config": dataclasses.asdict(tcfg)}
         write_json(record, train)
     return {"name": job.name, "seed": job.seed, "train": train, "verification": _verify(job, folder, summary["steps"])}
+
+
+#: Train-config keys in which a reused training may differ from the one it stands for: paths and logging.
+#: ``data.file_list`` is compared by content instead.
+REUSE_FREE_KEYS = {"runtime.out_dir", "runtime.resume", "runtime.progress", "runtime.tensorboard", "runtime.log_every",
+                   "runtime.ckpt_every", "runtime.keep_last", "data.workers", "data.index_cache", "data.file_list"}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    from ..engine.config import flat
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat(config).items() if k not in REUSE_FREE_KEYS}
+
+
+def find_reusable(job: Job, tcfg) -> Path | None:
+    """A finished training in one of ``cfg.reuse``'s experiments with the same seed, the same train config (up to
+    :data:`REUSE_FREE_KEYS`) and a training file list of the same content; None if there is none."""
+    import json
+
+    want, files = _comparable(dataclasses.asdict(tcfg)), Path(job.train_list).read_bytes()
+    for src in job.cfg.reuse:
+        for rec in sorted(Path(src).glob(f"runs/*/seed{job.seed}/lfw_train.json")):
+            saved = json.loads(rec.read_text(encoding="utf-8")).get("config")
+            if not saved or _comparable(saved) != want or not (rec.parent / "model.safetensors").is_file():
+                continue
+            listed = Path(saved["data"]["file_list"])
+            if listed.is_file() and listed.read_bytes() == files:
+                return rec.parent
+    return None
+
+
+def reuse_finished(job: Job, tcfg) -> dict[str, Any] | None:
+    """Copy a finished identical training (:func:`find_reusable`) into the job's folder, atomically, and return its
+    training record; None (train here) if the folder already has checkpoints of its own or nothing matches.
+    Its evaluation is not copied: the held-out pairs are scored again by this experiment."""
+    import json
+    import shutil
+
+    from ..utils.atomic import atomic_dir, write_json
+
+    folder = Path(job.folder)
+    marker = folder / "reused_from.json"
+    if not marker.is_file():
+        src = find_reusable(job, tcfg) if job.cfg.reuse and not (folder / "checkpoints").exists() else None
+        if src is None:
+            return None
+        with atomic_dir(folder) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval.json", "features.npz"))
+            write_json(tmp / "reused_from.json", {"source": str(src), "seed": job.seed,
+                                                  "why": "same seed, train config and training files"})
+        print(f"   {job.name} seed {job.seed}: reused the identical finished training {src}", flush=True)
+    record = json.loads((folder / "lfw_train.json").read_text(encoding="utf-8"))
+    return {**record, "reused_from": json.loads(marker.read_text(encoding="utf-8"))["source"]}
 
 
 def _verify(job: Job, folder: Path, step: int) -> dict[str, Any]:
@@ -337,6 +404,9 @@ def run_experiment(cfg: LfwExperimentConfig, preset: str = "custom") -> dict[str
         raise DataError(f"aligned LFW folder {aligned} not found; create it with "
                         f"`centerloss align <lfw>/images {aligned} --mode test`")
     cfgmod.save(cfg, out / "config.yaml")
+    for src in cfg.reuse:
+        if not Path(src).is_dir():
+            print(f"   reuse: {src} does not exist; its trainings will be run here", flush=True)
     test, _ = _heldout(cfg)
     heldout = {p.split("/")[0] for p in test.items()}
     train_files, split = training_split(aligned, heldout, cfg.min_images, cfg.detected_only)

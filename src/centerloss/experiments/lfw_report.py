@@ -186,6 +186,11 @@ def render_markdown(rep: dict[str, Any]) -> str:
                   "| group | members | chosen |", "|---|---|---|"]
         for g, v in rep["groups"].items():
             lines.append(f"| {g} | {', '.join(v['members'])} | {v['chosen']} |")
+    reused = [f"{r['label']} seed {k} ({v['train']['reused_from']})" for r in rep["runs"].values()
+              for k, v in r["seeds"].items() if v.get("train", {}).get("reused_from")]
+    if reused:
+        lines += ["", "Reused, not retrained (the same seed, train config and training files as a finished training of "
+                  "an earlier experiment; evaluated again here): " + "; ".join(reused) + "."]
     for key, fig in rep.get("figures", {}).items():
         lines += ["", f"![{key}]({fig})"]
     m = rep["machine"]

@@ -138,6 +138,8 @@ def test_grids_seeds_and_selection(mini_lfw, tmp_path) -> None:
     assert (tmp_path / "g" / "fig5_lambda.png").is_file() and (tmp_path / "g" / "fig5_alpha.png").is_file()
     md = (tmp_path / "g" / "report.md").read_text()
     assert "| arc |" in md
+    label = rep["runs"][chosen]["label"]
+    assert f"| **{label}** |" in md and f"| {rep['runs'][other]['label']} |" in md  # the choice is bold
     # a setting that diverges is reported as such, never chosen, and does not stop the sweep
     assert rep["runs"]["boom"]["summary"]["seeds"] == [] and "non-finite" in rep["runs"]["boom"]["summary"]["failed_seeds"]["0"]
     assert "| boom | diverged:" in md

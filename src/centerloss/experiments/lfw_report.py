@@ -152,14 +152,15 @@ def _sweep_plot(report: dict[str, Any], grid: str, spec, path: Path) -> None:
 # ---------------------------------------------------------------- markdown
 
 
-def _row(name: str, r: dict[str, Any], fars: list[str], d: dict[str, Any] | None) -> str:
+def _row(name: str, r: dict[str, Any], fars: list[str], d: dict[str, Any] | None, bold: bool = False) -> str:
     s = r["summary"]
+    label = f"**{r['label']}**" if bold else r["label"]
     if not s["seeds"]:
-        return f"| {r['label']} | diverged: {'; '.join(sorted(set(s['failed_seeds'].values())))[:120]} |"
+        return f"| {label} | diverged: {'; '.join(sorted(set(s['failed_seeds'].values())))[:120]} |"
     tars = " | ".join(f"{100 * s['tar_at_far'][f]:.1f}%" for f in fars)
     diff = f"{100 * d['mean']:+.2f} +- {100 * d['std']:.2f} ({d['wins']}/{d['ties']}/{d['losses']})" if d else "-"
     seeds = ", ".join(f"{100 * a:.2f}" for a in s["accuracy_per_seed"])
-    return (f"| {r['label']} | {100 * s['accuracy_mean']:.2f} +- {100 * s['accuracy_std_folds_seeds']:.2f}% | {seeds} | "
+    return (f"| {label} | {100 * s['accuracy_mean']:.2f} +- {100 * s['accuracy_std_folds_seeds']:.2f}% | {seeds} | "
             f"{s['auc']:.4f} | {100 * s['eer']:.2f}% | {tars} | {diff} | {s['train_min']:.1f} min |")
 
 
@@ -169,6 +170,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
     fars = list(next(r for r in rep["runs"].values() if r["summary"]["seeds"])["summary"]["tar_at_far"])
     unit = "sub-fold" if len(ho["folds"]) == 1 else "fold"
     base = rep["runs"].get(rep["baseline"], {}).get("label", rep["baseline"])
+    chosen = set(rep.get("chosen", {}).values())  # a select group's choice, bold
     lines = [f"# LFW experiment (preset `{rep['preset']}`)", "",
              f"Held out: LFW fold(s) {ho['folds']}, {ho['pairs']} pairs of {ho['identities']} identities, none of whom "
              f"appear in training. Training: {split['identities']} other LFW identities with >= {cfg['min_images']} "
@@ -179,10 +181,10 @@ def render_markdown(rep: dict[str, Any]) -> str:
              "| run | accuracy | per seed | AUC | EER | " + " | ".join(f"TAR@FAR={f}" for f in fars)
              + f" | vs {base} | train time |", "|---|---:|---|---:|---:|" + "---:|" * len(fars) + "---|---:|"]
     for name, r in rep["runs"].items():
-        lines.append(_row(name, r, fars, rep["paired_vs_baseline"].get(name)))
+        lines.append(_row(name, r, fars, rep["paired_vs_baseline"].get(name), name in chosen))
     if rep.get("groups"):
-        lines += ["", "Tuning: each group's members ran on the first seed; the best of each (in bold above after "
-                  "selection) was rerun on the other seeds, which measure it without the selection's optimism.", "",
+        lines += ["", "Tuning: each group's members ran on the first seed; the best of each (in bold above) was "
+                  "rerun on the other seeds, which measure it without the selection's optimism.", "",
                   "| group | members | chosen |", "|---|---|---|"]
         for g, v in rep["groups"].items():
             lines.append(f"| {g} | {', '.join(v['members'])} | {v['chosen']} |")

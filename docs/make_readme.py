@@ -128,12 +128,20 @@ def fig5_summary(rep: dict) -> str:
 
 
 def updates_summary(rep: dict) -> str:
+    from centerloss.experiments.lfw_report import paired
+
     rows = []
     for n, r in rep["runs"].items():
         d = rep["paired_vs_baseline"].get(n)
         if d:
             rows.append(f"- {r['label']}: {100 * d['mean']:+.2f} +- {100 * d['std']:.2f} points over A "
                         f"({d['wins']}/{d['ties']}/{d['losses']} over {d['n']} (fold, seed) pairs).")
+    runs = rep["runs"]
+    for other in ("C_learnable", "C_caffe"):  # the rules against each other, paired the same way
+        d = paired(runs["C_paper"]["seeds"], runs[other]["seeds"]) if {"C_paper", other} <= set(runs) else None
+        if d:
+            rows.append(f"- paper minus {runs[other]['label'].split(', ', 1)[-1]}: {100 * d['mean']:+.2f} +- "
+                        f"{100 * d['std']:.2f} points ({d['wins']}/{d['ties']}/{d['losses']} over {d['n']} pairs).")
     return "\n".join(rows)
 
 

@@ -724,6 +724,35 @@ def test_ctrl_c_prints_one_line_keeps_results_and_a_rerun_resumes(tmp_path):
     _resume_small(src, dst, files, saved)
 
 
+def test_a_worker_exiting_on_sigterm_sweeps_its_own_temporary(tmp_path, monkeypatch):
+    """Even when the signal lands where atomic_path cannot clean up (simulated: a temporary left behind, then
+    SystemExit), the worker's exit path removes its own temporary of the crop being written, and no other."""
+    from centerloss.align import workers
+    from centerloss.utils.atomic import _tmp_name
+
+    out = tmp_path / "p00" / "0065.jpg"
+    out.parent.mkdir()
+    other = out.parent / f".0065.tmp-{os.getpid() + 1}-00000000.jpg"  # another process's: not ours to remove
+    other.write_bytes(b"x")
+
+    def interrupted(task):
+        _tmp_name(Path(task[2])).write_bytes(b"half a jpeg")
+        raise SystemExit(143)
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(workers, "process_one", interrupted)
+    monkeypatch.setattr(workers.os, "_exit", fake_exit)
+    monkeypatch.setitem(workers._W, "worker", True)
+    with pytest.raises(Exited):
+        workers.process_chunk([("a.jpg", "src", str(out), "p00/0065.jpg", None, 1, 1, "a.jpg")])
+    assert sorted(p.name for p in out.parent.iterdir()) == [other.name]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_parent_stops_every_worker(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"

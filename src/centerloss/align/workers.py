@@ -174,12 +174,19 @@ def process_one(task: tuple) -> dict[str, Any]:
 
 def process_chunk(tasks: list) -> list[dict[str, Any]]:
     """:func:`process_one` for each task (marked busy, so SIGTERM unwinds instead of exiting at once)."""
+    from ..utils.atomic import remove_own_temps
+
     _W["busy"] = True
+    done = []
     try:
-        return [process_one(t) for t in tasks]
+        for task in tasks:
+            _W["writing"] = task[2]
+            done.append(process_one(task))
+        return done
     except SystemExit as e:
-        if _W.get("worker"):  # SIGTERM: the crop being written was removed on the way here; skip the slow
-            os._exit(int(e.code or 0))  # interpreter teardown (torch's): the parent is waiting to finish
+        if _W.get("worker"):  # SIGTERM: atomic_path removed the crop being written on the way here, unless the
+            remove_own_temps(_W["writing"])  # signal landed outside its reach; then skip the slow interpreter
+            os._exit(int(e.code or 0))  # teardown (torch's): the parent is waiting to finish
         raise
     finally:
         _W["busy"] = False

@@ -13,6 +13,7 @@ is refused in one line instead of after an hour of training.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
@@ -69,6 +70,15 @@ def _remove(path: Path) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def remove_own_temps(path: str | os.PathLike[str]) -> None:
+    """Delete this process's temporaries for ``path`` (named by :func:`_tmp_name`). For a worker exiting on a
+    signal, which can land where :func:`atomic_path`'s own cleanup never runs (e.g. inside ``contextlib``
+    between the writer's return and the generator's resumption)."""
+    p = Path(path)
+    for t in p.parent.glob(f".{glob.escape(p.stem)}.tmp-{os.getpid()}-*{glob.escape(p.suffix)}"):
+        _remove(t)
 
 
 def _umask() -> int:

@@ -106,6 +106,15 @@ def explain(e: BaseException) -> tuple[str, int]:
     return f"internal error: {type(e).__name__}: {text} (set CENTERLOSS_DEBUG=1 for the traceback)", EXIT_FAILED
 
 
+def _quiet_teardown() -> None:
+    """After Ctrl-C the one line is all: a helper thread that fails while the DataLoader's workers are being
+    stopped (multiprocessing's resource sharer, mid-handshake with a worker) would otherwise print a traceback."""
+    import threading
+
+    sys.excepthook = lambda *exc: None
+    threading.excepthook = lambda exc: None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CENTERLOSS_DEBUG"):
             raise
         print(f"centerloss {args.command}: interrupted", file=sys.stderr)
+        if argv is None:  # the process is ending (console script, python -m), not a caller of main()
+            _quiet_teardown()
         return EXIT_INTERRUPTED
     except Exception as e:
         if os.environ.get("CENTERLOSS_DEBUG"):

@@ -243,21 +243,26 @@ def run_job(job: Job) -> dict[str, Any]:
     return {"name": job.name, "seed": job.seed, "train": train, "verification": _verify(job, folder, summary["steps"])}
 
 
-#: Train-config keys in which a reused training may differ from the one it stands for: paths and logging.
-#: ``data.file_list`` is compared by content instead.
-REUSE_FREE_KEYS = {"runtime.out_dir", "runtime.resume", "runtime.progress", "runtime.tensorboard", "runtime.log_every",
-                   "runtime.ckpt_every", "runtime.keep_last", "data.workers", "data.index_cache", "data.file_list"}
+def _reuse_free_keys() -> set[str]:
+    """Train-config keys in which a reused training may differ from the one it stands for: the engine's
+    resume-free keys less those that change what a finished run is (its length, threads, data root, periodic
+    verification); ``data.file_list`` is compared by content instead."""
+    from ..engine.config import RESUME_FREE_KEYS
+
+    strict = {"runtime.threads", "schedule.max_steps", "schedule.epochs", "verify.every", "data.root"}
+    return (RESUME_FREE_KEYS - strict) | {"data.file_list"}
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     from ..engine.config import flat
 
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat(config).items() if k not in REUSE_FREE_KEYS}
+    free = _reuse_free_keys()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat(config).items() if k not in free}
 
 
 def find_reusable(job: Job, tcfg) -> Path | None:
     """A finished training in one of ``cfg.reuse``'s experiments with the same seed, the same train config (up to
-    :data:`REUSE_FREE_KEYS`) and a training file list of the same content; None if there is none."""
+    :func:`_reuse_free_keys`) and a training file list of the same content; None if there is none."""
     import json
 
     want, files = _comparable(dataclasses.asdict(tcfg)), Path(job.train_list).read_bytes()

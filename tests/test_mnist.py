@@ -135,6 +135,33 @@ def test_update_rules_and_center_trajectories(tmp_path):
 
 
 @needs_mnist
+def test_finished_runs_are_read_back_and_identical_ones_reused_from_another_folder(tmp_path, monkeypatch):
+    import centerloss.experiments.mnist as mnist
+    from centerloss.errors import ConfigError
+
+    small = {**_small(schedule={"max_steps": 30}), "train_subset": 1000, "test_subset": 500, "train_eval_images": 500}
+    first = run_experiment(load_config("quick", extra={**small, "lambdas": [0.0, 0.1]}), tmp_path / "a", preset="t")
+    assert {"mnist_result.json", "measured.npz"} <= {p.name for p in (tmp_path / "a" / "lambda_0.1").iterdir()}
+    trained, real = [], mnist._train_and_measure
+    monkeypatch.setattr(mnist, "_train_and_measure", lambda c, t, lam, u, d: trained.append(lam) or real(c, t, lam, u, d))
+    again = run_experiment(load_config("quick", extra={**small, "lambdas": [0.0, 0.1]}), tmp_path / "a", preset="t")
+    assert trained == [] and again["runs"] == first["runs"]  # read back, nothing trained or measured again
+    # another folder: the identical runs are copied (record, features, log; no checkpoints), the new lambda trained
+    cfg = load_config("quick", extra={**small, "lambdas": [0.0, 0.1, 0.01], "reuse": [str(tmp_path / "a")]})
+    b = run_experiment(cfg, tmp_path / "b", preset="t")
+    assert trained == [0.01] and b["runs"][:2] == first["runs"]
+    assert b["reused"] == {"lambda_0": str(tmp_path / "a" / "lambda_0"), "lambda_0.1": str(tmp_path / "a" / "lambda_0.1")}
+    assert not (tmp_path / "b" / "lambda_0" / "checkpoints").exists()
+    assert "lambda_0 from" in (tmp_path / "b" / "report.md").read_text()
+    # a different setup is not reused, and a folder's own record of another setup is refused, not read back
+    other = {**small, "train": {**small["train"], "optimizer": {"lr": 0.02}}, "lambdas": [0.0]}
+    run_experiment(load_config("quick", extra={**other, "reuse": [str(tmp_path / "a")]}), tmp_path / "c", preset="t")
+    assert trained == [0.01, 0.0] and not (tmp_path / "c" / "lambda_0" / "reused_from.json").exists()
+    with pytest.raises(ConfigError, match="lambda_0 holds a finished run of a different setup: optimizer.lr"):
+        run_experiment(load_config("quick", extra=other), tmp_path / "b", preset="t")
+
+
+@needs_mnist
 def test_divergence_is_reported_as_non_finite(tmp_path):
     from centerloss.errors import NonFiniteLossError
 

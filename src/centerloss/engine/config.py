@@ -252,16 +252,33 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Keys whose value differs between a checkpoint's config and ``cfg`` and that would change the results."""
-    now, then = flat(dataclasses.asdict(cfg)), flat(saved)
+def config_conflicts(saved: dict[str, Any], now: dict[str, Any], free: set[str] | frozenset[str],
+                     labels: tuple[str, str] = ("", "")) -> list[str]:
+    """``"key: saved vs now"`` (each value after its label) for each flattened key outside ``free`` whose value
+    differs; tuples read as lists, as they come back from JSON or YAML."""
+    a_all, b_all = flat(saved), flat(now)
     out = []
-    for key in sorted(set(now) | set(then)):
-        if key in RESUME_FREE_KEYS:
+    for key in sorted(set(a_all) | set(b_all)):
+        if key in free:
             continue
-        a, b = then.get(key), now.get(key)
+        a, b = a_all.get(key), b_all.get(key)
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
             a, b = list(a), list(b)
         if a != b:
-            out.append(f"{key}: checkpoint {a!r} vs now {b!r}")
+            out.append(f"{key}: {labels[0]}{a!r} vs {labels[1]}{b!r}")
     return out
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Keys whose value differs between a checkpoint's config and ``cfg`` and that would change the results."""
+    return config_conflicts(saved, dataclasses.asdict(cfg), RESUME_FREE_KEYS, ("checkpoint ", "now "))
+
+
+#: Resume-free keys that still change what a *finished* run is (its length, threads, data root, periodic
+#: verification): one finished training stands for another only where these agree as well.
+FINISHED_STRICT_KEYS = {"runtime.threads", "schedule.max_steps", "schedule.epochs", "verify.every", "data.root"}
+
+
+def finished_conflicts(saved: dict[str, Any], now: dict[str, Any], also_free: frozenset[str] = frozenset()) -> list[str]:
+    """Why a finished training with config ``saved`` cannot stand for one with config ``now`` ([] if it can)."""
+    return config_conflicts(saved, now, (RESUME_FREE_KEYS - FINISHED_STRICT_KEYS) | also_free)

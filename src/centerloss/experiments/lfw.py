@@ -243,33 +243,20 @@ def run_job(job: Job) -> dict[str, Any]:
     return {"name": job.name, "seed": job.seed, "train": train, "verification": _verify(job, folder, summary["steps"])}
 
 
-def _reuse_free_keys() -> set[str]:
-    """Train-config keys in which a reused training may differ from the one it stands for: the engine's
-    resume-free keys less those that change what a finished run is (its length, threads, data root, periodic
-    verification); ``data.file_list`` is compared by content instead."""
-    from ..engine.config import RESUME_FREE_KEYS
-
-    strict = {"runtime.threads", "schedule.max_steps", "schedule.epochs", "verify.every", "data.root"}
-    return (RESUME_FREE_KEYS - strict) | {"data.file_list"}
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    from ..engine.config import flat
-
-    free = _reuse_free_keys()
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat(config).items() if k not in free}
-
-
 def find_reusable(job: Job, tcfg) -> Path | None:
     """A finished training in one of ``cfg.reuse``'s experiments with the same seed, the same train config (up to
-    :func:`_reuse_free_keys`) and a training file list of the same content; None if there is none."""
+    the keys :func:`~centerloss.engine.config.finished_conflicts` leaves free) and a training file list of the same
+    content; None if there is none."""
     import json
 
-    want, files = _comparable(dataclasses.asdict(tcfg)), Path(job.train_list).read_bytes()
+    from ..engine.config import finished_conflicts
+
+    want, files = dataclasses.asdict(tcfg), Path(job.train_list).read_bytes()
     for src in job.cfg.reuse:
         for rec in sorted(Path(src).glob(f"runs/*/seed{job.seed}/lfw_train.json")):
             saved = json.loads(rec.read_text(encoding="utf-8")).get("config")
-            if not saved or _comparable(saved) != want or not (rec.parent / "model.safetensors").is_file():
+            if (not saved or finished_conflicts(saved, want, frozenset({"data.file_list"}))
+                    or not (rec.parent / "model.safetensors").is_file()):
                 continue
             listed = Path(saved["data"]["file_list"])
             if listed.is_file() and listed.read_bytes() == files:

@@ -7,7 +7,13 @@ resumable: rerunning the same command continues unfinished runs from their check
 
 Run folder: ``config.yaml`` (resolved), ``report.json``, ``report.md``, ``fig2_softmax.png``,
 ``fig3_lambdas.png``, ``compactness.png`` (and ``center_trajectories.png`` when recorded), and one engine run
-folder per (lambda, update) with its checkpoints, log and ``model.safetensors``.
+folder per (lambda, update) with its checkpoints, log, ``model.safetensors`` and, once measured,
+``mnist_result.json`` + ``measured.npz`` (its result and test/train features; a rerun reads them back).
+
+``reuse`` names other experiment folders: a finished run there with the same train config (up to the keys
+:func:`~centerloss.engine.config.finished_conflicts` leaves free) and the same measurement settings is copied
+(its record, features and log; no checkpoints) instead of trained again, and ``reused_from.json`` says from
+where. A sweep split across machines or sessions is put back together this way.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import config as cfgmod
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 Update = Literal["paper", "learnable", "caffe"]
 
@@ -40,6 +46,7 @@ class MnistConfig:
     train_eval_images: int = 10000  # training images whose features are extracted (train accuracy, Fig. 2a)
     trajectory_every: int = 0  # record the centers every N steps (0: off)
     workers: int = 1  # run this many (lambda, update) runs at once, in separate processes
+    reuse: list[str] = field(default_factory=list)  # experiment folders whose identical finished runs are copied
 
     def __post_init__(self) -> None:
         if not self.lambdas or any(not lam >= 0 or lam == float("inf") for lam in self.lambdas):
@@ -127,17 +134,111 @@ def _last_logged(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items()} if rows else {}
 
 
+RECORD, MEASURED = "mnist_result.json", "measured.npz"
+_ARRAYS = ("f_test", "f_train", "centers", "trajectory_steps", "trajectory_centers")
+_MEASURE_KEYS = ("train_subset", "test_subset", "train_eval_images", "trajectory_every")
+
+
+def _save_measured(run_dir: Path, cfg: MnistConfig, tcfg, run: dict[str, Any]) -> None:
+    """The run's features (``measured.npz``), then its record (``mnist_result.json``, last: it marks them complete)."""
+    from ..utils.atomic import atomic_path, write_json
+    from ..utils.device import resolve_device
+    from ..utils.machine import machine_info
+
+    t = run["trajectory"]
+    arrays = {"f_test": run["f_test"], "f_train": run["f_train"], "centers": run["centers"],
+              "trajectory_steps": np.asarray(t["steps"], dtype=np.int64),
+              "trajectory_centers": t["centers"] if t["centers"] is not None else np.zeros((0, 0, 0), np.float32)}
+    with atomic_path(run_dir / MEASURED) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    write_json(run_dir / RECORD, {"result": asdict(run["result"]), "train_config": dataclasses.asdict(tcfg),
+                                  "measure": {k: getattr(cfg, k) for k in _MEASURE_KEYS},
+                                  "machine": machine_info(resolve_device(tcfg.runtime.device))})
+
+
+def _record_conflicts(rec: dict[str, Any], cfg: MnistConfig, tcfg, copied: bool) -> list[str]:
+    """Why a run record cannot stand for this run: its own folder's record as a resume would be judged, a record to
+    be copied from elsewhere as a finished training (:func:`~centerloss.engine.config.finished_conflicts`)."""
+    from ..engine.config import RESUME_FREE_KEYS, config_conflicts, finished_conflicts
+
+    saved, now = rec.get("train_config", {}), dataclasses.asdict(tcfg)
+    train = finished_conflicts(saved, now) if copied else config_conflicts(saved, now, RESUME_FREE_KEYS)
+    return train + config_conflicts(rec.get("measure", {}), {k: getattr(cfg, k) for k in _MEASURE_KEYS}, set())
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable run record ({e}); remove it to measure the run again") from None
+
+
+def _load_measured(run_dir: Path, cfg: MnistConfig, tcfg) -> dict[str, Any] | None:
+    """The finished run's result and features from its record; None if it has none. A record of another setup
+    is refused (as the engine refuses to resume a checkpoint of one)."""
+    if not (run_dir / RECORD).is_file():
+        return None
+    rec = _read_record(run_dir / RECORD)
+    bad = _record_conflicts(rec, cfg, tcfg, copied=False)
+    if bad:
+        raise ConfigError(f"{run_dir} holds a finished run of a different setup: " + "; ".join(bad[:3]))
+    try:
+        with np.load(run_dir / MEASURED, allow_pickle=False) as z:
+            a = {k: z[k] for k in _ARRAYS}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{run_dir / MEASURED}: unreadable features ({e}); remove {RECORD} to measure again") from None
+    traj = {"steps": a["trajectory_steps"].tolist(), "centers": a["trajectory_centers"] if a["trajectory_steps"].size else None}
+    return {"result": RunResult(**rec["result"]), "f_test": a["f_test"], "f_train": a["f_train"],
+            "centers": a["centers"], "trajectory": traj}
+
+
+def _reuse_into(run_dir: Path, cfg: MnistConfig, tcfg) -> None:
+    """Copy an identical finished run from one of ``cfg.reuse``'s folders into ``run_dir`` (atomically), unless
+    ``run_dir`` has a record or checkpoints of its own."""
+    import shutil
+
+    from ..utils.atomic import atomic_dir, write_json
+
+    if not cfg.reuse or (run_dir / RECORD).exists() or (run_dir / "checkpoints").exists():
+        return
+    for src in (Path(r) / run_dir.name for r in cfg.reuse):
+        if not (src / RECORD).is_file() or _record_conflicts(_read_record(src / RECORD), cfg, tcfg, copied=True):
+            continue
+        with atomic_dir(run_dir) as tmp:
+            for name in (MEASURED, "train_log.csv", "config.yaml", "summary.json", RECORD):
+                if (src / name).is_file():
+                    shutil.copy2(src / name, tmp / name)
+            write_json(tmp / "reused_from.json", {"source": str(src), "why": "same train config and measurements"})
+        print(f"[{run_dir.name}] reused the identical finished run {src}", flush=True)
+        return
+
+
 def run_one(cfg: MnistConfig, lam: float, update: str, out_dir: Path) -> dict[str, Any]:
-    """Train and measure one (lambda, update). Safe to call in a subprocess."""
+    """Train and measure one (lambda, update), or read back a finished one. Safe to call in a subprocess."""
+    run_dir = out_dir / run_name(lam, update)
+    tcfg = cfg.train_config(lam, update, run_dir)
+    _reuse_into(run_dir, cfg, tcfg)
+    done = _load_measured(run_dir, cfg, tcfg)
+    if done is None:
+        done = _train_and_measure(cfg, tcfg, lam, update, run_dir)
+        _save_measured(run_dir, cfg, tcfg, done)
+    res = done["result"]
+    print(f"[{run_dir.name}] test acc {res.test_accuracy * 100:.2f}%  compactness {res.compactness:.4f}  "
+          f"({res.seconds:.0f} s)", flush=True)
+    return done
+
+
+def _train_and_measure(cfg: MnistConfig, tcfg, lam: float, update: str, run_dir: Path) -> dict[str, Any]:
     from ..data.mnist import MnistDataset
     from ..engine.trainer import Trainer
     from ..eval.compactness import class_compactness
 
     train, test = _load_data(cfg)
-    run_dir = out_dir / run_name(lam, update)
     traj = CenterTrajectory(cfg.trajectory_every)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg.train_config(lam, update, run_dir), dataset=MnistDataset(train), callbacks=[traj])
+    trainer = Trainer(tcfg, dataset=MnistDataset(train), callbacks=[traj])
     summary = trainer.fit()
     secs = summary["seconds_total"] if summary["steps_this_session"] == 0 else time.perf_counter() - t0
     f_test = extract(trainer.net, test.images)
@@ -149,8 +250,6 @@ def run_one(cfg: MnistConfig, lam: float, update: str, out_dir: Path) -> dict[st
                     train_accuracy=float(((f_train @ w.T).argmax(1) == y_tr).mean()), seconds=round(secs, 2),
                     final_softmax_loss=final.get("softmax", float("nan")), final_center_loss=final.get("aux", float("nan")),
                     **class_compactness(f_test, test.labels.numpy()))
-    print(f"[{run_name(lam, update)}] test acc {res.test_accuracy * 100:.2f}%  compactness {res.compactness:.4f}  "
-          f"({secs:.0f} s)", flush=True)
     return {"result": res, "f_test": f_test, "f_train": f_train,
             "centers": trainer.objective.aux.centers.detach().float().cpu().numpy(),
             "trajectory": {"steps": traj.steps, "centers": np.stack(traj.centers) if traj.centers else None}}

@@ -93,6 +93,20 @@ def summarize(results: list[Any]) -> dict[str, Any]:
     return out
 
 
+def _reused(out_dir: Path, results: list[Any]) -> dict[str, str]:
+    """``{run name: the folder its finished run was copied from}`` for the runs ``reuse`` supplied."""
+    import json
+
+    from .mnist import run_name
+
+    out = {}
+    for r in results:
+        marker = out_dir / run_name(r.lam, r.update) / "reused_from.json"
+        if marker.is_file():
+            out[run_name(r.lam, r.update)] = json.loads(marker.read_text(encoding="utf-8"))["source"]
+    return out
+
+
 def write_report(cfg, runs: list[dict[str, Any]], out_dir: Path, preset: str, data) -> dict[str, Any]:
     from ..utils.device import resolve_device
     from .mnist import describe
@@ -102,7 +116,8 @@ def write_report(cfg, runs: list[dict[str, Any]], out_dir: Path, preset: str, da
     report = {"experiment": "mnist-2d", "preset": preset, "config": asdict(cfg), "train": train,
               "machine": machine_info(resolve_device(train["runtime"]["device"])),
               "runs": [asdict(r) for r in results], "figures": _figures(cfg, runs, out_dir, data),
-              "summary": summarize(results), "trajectories": _trajectory_stats(runs)}
+              "summary": summarize(results), "trajectories": _trajectory_stats(runs),
+              "reused": _reused(out_dir, results)}
     write_text(out_dir / "report.md", render_markdown(report))
     write_json(out_dir / "report.json", report)  # last: its presence means the report is complete
     return report
@@ -141,6 +156,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {k} | {v['path_length_mean']:.4g} | {v['last10pct_motion_mean']:.4g} | "
                          f"{v['last10pct_motion_rel']:.4f} |")
         lines.append("")
+    if report.get("reused"):
+        lines += ["Runs copied from earlier finished runs of the same setup (`reuse`), not trained here: "
+                  + ", ".join(f"{k} from `{v}`" for k, v in report["reused"].items()) + ".", ""]
     f = report["figures"]
     for key, title in (("fig2", "Softmax only (Fig. 2 analogue): (a) training set, (b) test set"),
                        ("fig3", "Joint supervision across lambda (Fig. 3 analogue, test set; white dots: centers)"),

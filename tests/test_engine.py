@@ -436,6 +436,33 @@ def test_overrides_reach_the_run(faces, tmp_path) -> None:
     assert isinstance(t.optimizer, torch.optim.AdamW) and t.lr < 1e-3
 
 
+def test_a_held_ctrl_c_that_reaches_another_thread_is_raised_once_after_the_block() -> None:
+    """A terminal's Ctrl-C is process-wide: the kernel may hand it to any thread that does not block it (torch's
+    and OpenMP's threads, say), and Python then raises it in the main thread wherever that is. Held, it must
+    wait for the end of the block, and be raised there exactly once."""
+    code = textwrap.dedent("""
+        import signal, threading, time
+        from centerloss.utils.signals import ctrl_c_held
+        ready, done = threading.Event(), threading.Event()
+        t = threading.Thread(target=lambda: (ready.set(), done.wait()))
+        t.start(); ready.wait()
+        steps = []
+        try:
+            with ctrl_c_held():
+                signal.pthread_kill(t.ident, signal.SIGINT)  # to the thread that does not block it
+                for i in range(50):
+                    time.sleep(0.002)
+                steps.append("went on")
+        except KeyboardInterrupt:
+            steps.append("raised")
+        done.set(); t.join()
+        time.sleep(0.05)  # nothing further is raised later
+        print(steps, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "['went on', 'raised'] True", r.stdout + r.stderr
+
+
 def test_ctrl_c_while_the_worker_server_starts_is_kept_and_raised_once_it_has_started() -> None:
     """The server must start with Ctrl-C blocked (so it never prints a traceback), and the main process must
     not lose a Ctrl-C that lands in that window (the run would go on): it is raised when the mask is restored.

@@ -39,17 +39,15 @@ import math
 import multiprocessing as mp
 import os
 import re
-import signal
 import stat
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import CenterLossError, ConfigError, DataError, RunError
 from ..utils.atomic import check_output_dir, write_json, write_text
+from ..utils.signals import ctrl_c_held
 from .files import Entry, escape_name, path_str, scan_tree
 from .policy import read_landmarks_csv
 from .report import MANIFEST_COLUMNS, render_report, summarise, write_manifest
@@ -191,18 +189,19 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i:i + n]
 
 
-@contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored (inherited through exec), so Ctrl-C during their start-up
-    prints nothing from them; the parent's own handler is back as soon as they exist."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start_pool(ctx: Any, n_proc: int, wopts: dict[str, Any]) -> Any:
+    """The worker pool, started with Ctrl-C held (:func:`~centerloss.utils.signals.ctrl_c_held`): no worker can
+    print a traceback while it imports, and a Ctrl-C in that window is raised once they exist, after they are
+    terminated (it was ignored, and lost, before)."""
+    pool = None
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
+        with ctrl_c_held():
+            pool = ctx.Pool(n_proc, initializer=init_worker, initargs=(wopts, os.getpid()))
+    except KeyboardInterrupt:
+        if pool is not None:
+            pool.terminate()
+        raise
+    return pool
 
 
 def _check_workers(pool: Any, seen: set[int]) -> None:
@@ -221,8 +220,7 @@ def _run_pool(todo: list[tuple], workers: int, wopts: dict[str, Any], sink: _Sin
     n_proc = min(workers, math.ceil(len(todo) / chunk))
     # spawn, not fork: a forked child of a process that already ran torch/OpenMP can deadlock.
     ctx = mp.get_context("spawn")
-    with _children_ignore_sigint():
-        pool = ctx.Pool(n_proc, initializer=init_worker, initargs=(wopts, os.getpid()))
+    pool = _start_pool(ctx, n_proc, wopts)
     with pool:  # leaving the block (done, error, Ctrl-C) terminates the workers; they exit cleanly
         it = pool.imap_unordered(process_chunk, _chunks(todo, chunk))
         seen = {p.pid for p in getattr(pool, "_pool", [])}

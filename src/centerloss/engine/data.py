@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..errors import DataError
+from ..utils.signals import ctrl_c_held
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -77,20 +78,20 @@ def _worker_init(_: int) -> None:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver with Ctrl-C blocked in the starting thread: the server (and every worker it forks)
-    inherits the blocked mask, so a Ctrl-C while it runs its imports cannot print a traceback there, while the
-    main process keeps its handler. A Ctrl-C in that window stays pending here and is raised, once, when the
-    mask is restored (ignoring it instead, as the server needs, would lose it: the run would go on)."""
+    """Start the worker server with Ctrl-C held (:func:`~centerloss.utils.signals.ctrl_c_held`): the server and
+    every worker it forks inherit the blocked mask, so a Ctrl-C while it imports cannot print a traceback there,
+    and one that lands in that window is raised here, once, when it has started (not lost: the run would go on)."""
     import multiprocessing.forkserver as fs
-    from multiprocessing import resource_tracker
 
-    resource_tracker.ensure_running()  # first: it blocks, then *unblocks*, Ctrl-C around its own start
-    sigint = {signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigint)
-    try:
+    with ctrl_c_held():
         fs.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def start_batches(loader: DataLoader) -> Iterator[Any]:
+    """``iter(loader)`` with Ctrl-C held while it starts the workers: a parent that stopped midway would remove
+    the queues' semaphores while a worker still unpickles them (a traceback from the worker)."""
+    with ctrl_c_held():
+        return iter(loader)
 
 
 def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, workers: int, pin_memory: bool,

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError, NonFiniteLossError
 from . import checkpoint as ck
 from .config import TrainConfig, resume_conflicts
-from .data import EpochSampler, dataset_labels, make_loader
+from .data import EpochSampler, dataset_labels, make_loader, start_batches
 from .distributed import barrier, cleanup, gather_objects, init_distributed
 from .metrics import NonFiniteGuard, RunningMetrics, total_grad_norm
 from .parts import build_objective, build_optimizer, build_schedule, sharded_parameter_names
@@ -121,7 +121,7 @@ class Trainer:
         while self.step < self.max_steps:
             epoch, k = divmod(self.step, spe)
             self.sampler.set_epoch(epoch, skip=k * self.local_batch)
-            for x, y in self.loader:
+            for x, y in start_batches(self.loader):  # workers start on the first, Ctrl-C held
                 if self._labels is None:  # a dataset without a labels array: check on the CPU, no device sync
                     self._check_labels(y)
                 x = x.to(dev, non_blocking=True)

@@ -205,8 +205,9 @@ def test_resume_rules(faces, tmp_path) -> None:
         Trainer(cfg).fit()
     with pytest.raises(ConfigError, match="aux.lam"):
         Trainer(apply(cfg, {"runtime.resume": "auto", "aux.lam": 0.5})).fit()
-    # extending a finished run is allowed (max_steps/epochs are free keys) and continues from its step
-    summary = Trainer(apply(cfg, {"runtime.resume": "auto", "schedule.epochs": 2})).fit()
+    # extending a finished run is allowed (max_steps/epochs are free keys) and continues from its step; the data
+    # folder need not be given again (it comes from the checkpoint)
+    summary = Trainer(apply(cfg, {"runtime.resume": "auto", "schedule.epochs": 2, "data.root": ""})).fit()
     assert summary["steps"] == 6 and summary["steps_this_session"] == 3
     for st in (run / "checkpoints").glob("step_*/state.json"):  # every checkpoint unusable
         st.unlink()

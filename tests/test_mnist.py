@@ -159,6 +159,13 @@ def test_finished_runs_are_read_back_and_identical_ones_reused_from_another_fold
     assert trained == [0.01, 0.0] and not (tmp_path / "c" / "lambda_0" / "reused_from.json").exists()
     with pytest.raises(ConfigError, match="lambda_0 holds a finished run of a different setup: optimizer.lr"):
         run_experiment(load_config("quick", extra=other), tmp_path / "b", preset="t")
+    # a longer schedule trains the copied run on (from scratch here: no checkpoints came with it) and measures again
+    longer = {**small, "train": {**small["train"], "schedule": {**small["train"]["schedule"], "max_steps": 35}}, "lambdas": [0.0]}
+    assert run_experiment(load_config("quick", extra=longer), tmp_path / "b", preset="t")["reused"] == {}
+    assert trained == [0.01, 0.0, 0.0] and json.loads((tmp_path / "b" / "lambda_0" / "mnist_result.json").read_text(
+        ))["train_config"]["schedule"]["max_steps"] == 35
+    with pytest.raises(DataError, match="reuse: .*nowhere is not a folder"):
+        run_experiment(load_config("quick", extra={**other, "reuse": [str(tmp_path / "nowhere")]}), tmp_path / "d")
 
 
 @needs_mnist

@@ -219,9 +219,12 @@ class Trainer:
         barrier(self.info)
         self.resume_from = find_resume(rt.resume, self.out_dir, self.ckpt_dir)
         if self.resume_from is not None:
-            bad = resume_conflicts(self.resume_from.state["config"], cfg)
+            saved = self.resume_from.state["config"]
+            bad = resume_conflicts(saved, cfg)
             if bad:
                 raise ConfigError(f"cannot resume {self.resume_from.path} with a different setup: " + "; ".join(bad))
+            if not cfg.data.root and self._dataset is None:  # `--resume` need not restate --data
+                cfg.data.root = saved.get("data", {}).get("root") or ""
         self._setup_data()
         self._setup_model()
         self._setup_state()

@@ -53,7 +53,8 @@ class VerificationCallback:
         if trainer.info.is_main:
             pairs = self._load_pairs()
             items = pairs.items()
-            feats = extract_features(trainer.net, items, self.root, batch_size=self.cfg.batch_size,
+            root = self.root or trainer.cfg.data.root  # a resumed run may learn its data folder from the checkpoint
+            feats = extract_features(trainer.net, items, root, batch_size=self.cfg.batch_size,
                                      device=str(trainer.device), progress=False)
             trainer.net.train()
             fa, fb = pairs.gather(items, feats)

@@ -24,9 +24,15 @@ Examples:
   centerloss mnist --preset quick --lambdas 0,0.003,0.03 --iterations 2000
   centerloss mnist --preset quick --set train.optimizer.lr=0.01 train.schedule.kwargs.gamma=0.5
 
+A sweep split across machines or sessions: run a part in each folder, then the whole preset with
+reuse=[...]; finished runs of the same setup there are copied (result, features, log), the rest trained:
+  centerloss mnist --preset paper --lambdas 0,0.0001 --out runs/part1
+  centerloss mnist --preset paper --out runs/mnist-paper --set "reuse=[runs/part1]"
+
 MNIST is read from --data-dir, else $CENTERLOSS_MNIST_DIR, else $CENTERLOSS_DATA/mnist (`make demo` sets
 CENTERLOSS_DATA to ../shared/data); --download fetches it (md5-checked) where you are online.
-Writes OUT/config.yaml, report.json, report.md and the figures, and one run folder per lambda.
+Writes OUT/config.yaml, report.json, report.md and the figures, and one run folder per lambda (with
+mnist_result.json and measured.npz once measured: a rerun reads them back instead of measuring again).
 """
 
 

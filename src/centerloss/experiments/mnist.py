@@ -137,6 +137,7 @@ def _last_logged(run_dir: Path) -> dict[str, float]:
 RECORD, MEASURED = "mnist_result.json", "measured.npz"
 _ARRAYS = ("f_test", "f_train", "centers", "trajectory_steps", "trajectory_centers")
 _MEASURE_KEYS = ("train_subset", "test_subset", "train_eval_images", "trajectory_every")
+_LENGTH = {"schedule.max_steps", "schedule.epochs"}  # a finished run's record stands only for its own length
 
 
 def _save_measured(run_dir: Path, cfg: MnistConfig, tcfg, run: dict[str, Any]) -> None:
@@ -152,18 +153,21 @@ def _save_measured(run_dir: Path, cfg: MnistConfig, tcfg, run: dict[str, Any]) -
     with atomic_path(run_dir / MEASURED) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     write_json(run_dir / RECORD, {"result": asdict(run["result"]), "train_config": dataclasses.asdict(tcfg),
-                                  "measure": {k: getattr(cfg, k) for k in _MEASURE_KEYS},
+                                  "measure": _measure_settings(cfg),
                                   "machine": machine_info(resolve_device(tcfg.runtime.device))})
 
 
-def _record_conflicts(rec: dict[str, Any], cfg: MnistConfig, tcfg, copied: bool) -> list[str]:
-    """Why a run record cannot stand for this run: its own folder's record as a resume would be judged, a record to
-    be copied from elsewhere as a finished training (:func:`~centerloss.engine.config.finished_conflicts`)."""
-    from ..engine.config import RESUME_FREE_KEYS, config_conflicts, finished_conflicts
+def _measure_settings(cfg: MnistConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in _MEASURE_KEYS}
 
-    saved, now = rec.get("train_config", {}), dataclasses.asdict(tcfg)
-    train = finished_conflicts(saved, now) if copied else config_conflicts(saved, now, RESUME_FREE_KEYS)
-    return train + config_conflicts(rec.get("measure", {}), {k: getattr(cfg, k) for k in _MEASURE_KEYS}, set())
+
+def _copy_conflicts(rec: dict[str, Any], cfg: MnistConfig, tcfg) -> list[str]:
+    """Why a record from another folder cannot stand for this run ([] if it can): a finished training of another
+    setup (:func:`~centerloss.engine.config.finished_conflicts`), or other measurement settings."""
+    from ..engine.config import config_conflicts, finished_conflicts
+
+    return (finished_conflicts(rec.get("train_config", {}), dataclasses.asdict(tcfg))
+            + config_conflicts(rec.get("measure", {}), _measure_settings(cfg), set()))
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -176,14 +180,25 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 def _load_measured(run_dir: Path, cfg: MnistConfig, tcfg) -> dict[str, Any] | None:
-    """The finished run's result and features from its record; None if it has none. A record of another setup
-    is refused (as the engine refuses to resume a checkpoint of one)."""
+    """The finished run's result and features from its record; None (train on, measure again) if it has none, or
+    one of another length or other measurement settings. A record of another setup is refused, as the engine
+    refuses to resume a checkpoint of one."""
+    from ..engine.config import RESUME_FREE_KEYS, config_conflicts, flat
+
     if not (run_dir / RECORD).is_file():
         return None
     rec = _read_record(run_dir / RECORD)
-    bad = _record_conflicts(rec, cfg, tcfg, copied=False)
+    saved, now = rec.get("train_config", {}), dataclasses.asdict(tcfg)
+    bad = config_conflicts(saved, now, RESUME_FREE_KEYS)
     if bad:
         raise ConfigError(f"{run_dir} holds a finished run of a different setup: " + "; ".join(bad[:3]))
+    other_length = config_conflicts(saved, now, (set(flat(saved)) | set(flat(now))) - _LENGTH)
+    if other_length or rec.get("measure") != _measure_settings(cfg):
+        return None
+    return _read_measured(run_dir, rec)
+
+
+def _read_measured(run_dir: Path, rec: dict[str, Any]) -> dict[str, Any]:
     try:
         with np.load(run_dir / MEASURED, allow_pickle=False) as z:
             a = {k: z[k] for k in _ARRAYS}
@@ -204,7 +219,7 @@ def _reuse_into(run_dir: Path, cfg: MnistConfig, tcfg) -> None:
     if not cfg.reuse or (run_dir / RECORD).exists() or (run_dir / "checkpoints").exists():
         return
     for src in (Path(r) / run_dir.name for r in cfg.reuse):
-        if not (src / RECORD).is_file() or _record_conflicts(_read_record(src / RECORD), cfg, tcfg, copied=True):
+        if not (src / RECORD).is_file() or _copy_conflicts(_read_record(src / RECORD), cfg, tcfg):
             continue
         with atomic_dir(run_dir) as tmp:
             for name in (MEASURED, "train_log.csv", "config.yaml", "summary.json", RECORD):
@@ -222,6 +237,7 @@ def run_one(cfg: MnistConfig, lam: float, update: str, out_dir: Path) -> dict[st
     _reuse_into(run_dir, cfg, tcfg)
     done = _load_measured(run_dir, cfg, tcfg)
     if done is None:
+        (run_dir / "reused_from.json").unlink(missing_ok=True)  # trained here from now on, if it was copied
         done = _train_and_measure(cfg, tcfg, lam, update, run_dir)
         _save_measured(run_dir, cfg, tcfg, done)
     res = done["result"]
@@ -259,6 +275,9 @@ def run_experiment(cfg: MnistConfig, out_dir: Path, preset: str = "custom") -> d
     """Every (lambda, update) run, then the report and figures; returns the report dict."""
     from ..utils.atomic import check_output_dir
 
+    missing = [r for r in cfg.reuse if not Path(r).is_dir()]
+    if missing:  # a typo would otherwise mean hours of training what was meant to be copied
+        raise DataError(f"reuse: {missing[0]} is not a folder (an earlier `centerloss mnist` --out)")
     check_output_dir(out_dir)
     cfgmod.save(cfg, out_dir / "config.yaml")
     jobs = [(cfg, lam, upd, out_dir) for upd in cfg.updates for lam in cfg.lambdas]

@@ -25,7 +25,8 @@ Examples:
   centerloss mnist --preset quick --set train.optimizer.lr=0.01 train.schedule.kwargs.gamma=0.5
 
 A sweep split across machines or sessions: run a part in each folder, then the whole preset with
-reuse=[...]; finished runs of the same setup there are copied (result, features, log), the rest trained:
+reuse=[...]; finished runs of the same setup there (CPU threads included: keep `workers` the same) are
+copied (result, features, log), the rest trained:
   centerloss mnist --preset paper --lambdas 0,0.0001 --out runs/part1
   centerloss mnist --preset paper --out runs/mnist-paper --set "reuse=[runs/part1]"
 

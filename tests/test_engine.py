@@ -200,7 +200,9 @@ def test_rng_states_round_trip() -> None:
 def test_resume_rules(faces, tmp_path) -> None:
     run = tmp_path / "run"
     cfg = tiny_cfg(faces, run, **{"schedule.epochs": 1})
-    Trainer(cfg).fit()
+    first = Trainer(cfg).fit()
+    again = Trainer(apply(cfg, {"runtime.resume": "auto"})).fit()  # finished: nothing to do, same final row
+    assert again["steps_this_session"] == 0 and again["final"] == first["final"] and first["final"]["step"] == 3
     with pytest.raises(DataError, match="already holds checkpoints"):
         Trainer(cfg).fit()
     with pytest.raises(ConfigError, match="aux.lam"):

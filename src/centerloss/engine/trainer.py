@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -197,7 +198,7 @@ class Trainer:
                              "num_samples": len(self.dataset)},  # type: ignore[arg-type]
                  "metrics": self.metrics.state(),
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                 "elapsed_s": elapsed, "rng": rngs}
+                 "elapsed_s": elapsed, "rng": rngs, "last_row": _finite(self.last_row)}
         ranges = gather_objects(list(self.class_range), self.info) if self.class_range else None
         return ck.save_checkpoint(self.ckpt_dir, self.step, self.parts, state, self.info,
                                   self.cfg.runtime.keep_last, ranges)
@@ -295,6 +296,7 @@ class Trainer:
             self.step = int(st["step"])
             self.metrics.load(st["metrics"])
             self.elapsed_before = float(st.get("elapsed_s", 0.0))
+            self.last_row = dict(st.get("last_row") or {})  # a finished run resumed still reports its final row
             if st.get("scaler"):
                 self.scaler.load_state_dict(st["scaler"])
             rngs = st["rng"]
@@ -343,6 +345,11 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """The log row without non-finite numbers (the checkpoint's JSON refuses NaN)."""
+    return {k: v for k, v in row.items() if not isinstance(v, float) or math.isfinite(v)}
 
 
 @contextlib.contextmanager

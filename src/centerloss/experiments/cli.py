@@ -14,7 +14,7 @@ through the same engine as `centerloss train` (train preset mnist_lenetpp) and r
 
 Presets (centerloss/configs/mnist/):
   quick    softmax + lambda 0.01, 1,400 iterations each: 8 min per lambda on a 2-core CPU  (make demo)
-  paper    the lambda sweep 0, 1e-4 .. 1e-1, 15,000 iterations each (~90 min per lambda on 2 CPU cores)
+  paper    the lambda sweep 0, 1e-4 .. 1e-1, 15,000 iterations each (about 1 h per lambda on 2 CPU cores)
   updates  the paper's Eq. 4 vs learnable centers vs caffe-face's solver, lambda 0.01 and 0.1, with the
            centers' trajectories
 

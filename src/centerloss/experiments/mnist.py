@@ -136,7 +136,7 @@ def _last_logged(run_dir: Path) -> dict[str, float]:
 RECORD, MEASURED = "mnist_result.json", "measured.npz"
 _ARRAYS = ("f_test", "f_train", "centers", "trajectory_steps", "trajectory_centers")
 _MEASURE_KEYS = ("train_subset", "test_subset", "train_eval_images", "trajectory_every")
-_LENGTH = {"schedule.max_steps", "schedule.epochs"}  # a finished run's record stands only for its own length
+_LENGTH = ("max_steps", "epochs")  # schedule keys: a finished run's record stands only for its own length
 
 
 def _save_measured(run_dir: Path, cfg: MnistConfig, tcfg, run: dict[str, Any]) -> None:
@@ -182,7 +182,7 @@ def _load_measured(run_dir: Path, cfg: MnistConfig, tcfg) -> dict[str, Any] | No
     """The finished run's result and features from its record; None (train on, measure again) if it has none, or
     one of another length or other measurement settings. A record of another setup is refused, as the engine
     refuses to resume a checkpoint of one."""
-    from ..engine.config import RESUME_FREE_KEYS, config_conflicts, flat
+    from ..engine.config import RESUME_FREE_KEYS, config_conflicts
 
     if not (run_dir / RECORD).is_file():
         return None
@@ -191,7 +191,7 @@ def _load_measured(run_dir: Path, cfg: MnistConfig, tcfg) -> dict[str, Any] | No
     bad = config_conflicts(saved, now, RESUME_FREE_KEYS)
     if bad:
         raise ConfigError(f"{run_dir} holds a finished run of a different setup: " + "; ".join(bad[:3]))
-    other_length = config_conflicts(saved, now, (set(flat(saved)) | set(flat(now))) - _LENGTH)
+    other_length = any(saved.get("schedule", {}).get(k) != now["schedule"][k] for k in _LENGTH)
     if other_length or rec.get("measure") != _measure_settings(cfg):
         return None
     return _read_measured(run_dir, rec)

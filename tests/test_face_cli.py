@@ -291,7 +291,7 @@ def test_gallery_add_with_a_bad_photo_changes_nothing(tmp_path, crops, models, c
 
 @pytest.mark.slow
 def test_verify_parity_over_50_lfw_pairs(tmp_path, capsys):
-    """The measurement behind the README figure: the first 25 matched and 25 mismatched pairs of LFW fold 1,
+    """The two routes to a score agree: the first 25 matched and 25 mismatched pairs of LFW fold 1,
     `verify` on the raw photos vs `align --ext png` + `embed --aligned`. CENTERLOSS_FACE_MODEL picks the model
     (default: a seeded face_small); run with `pytest -m slow -s` to see the max difference."""
     _need_lfw()
@@ -315,6 +315,8 @@ def test_verify_parity_over_50_lfw_pairs(tmp_path, capsys):
         diffs.append(abs(score - float(f[idx[a[:-4] + ".png"]] @ f[idx[b[:-4] + ".png"]])))
     with capsys.disabled():
         print(f"\nverify vs align+embed --aligned over {len(pairs)} LFW pairs: max |diff| {max(diffs):.2e}")
-    # most likely float32 rounding (kernels that differ with the batch: 2 faces here, many in embed; not yet checked);
-    # the cosine moved by up to 5.7e-5 on a 2.0 GHz AMX Xeon, under 1e-5 on the machines before it
+    # 1.85e-7 alone on a 2-core AMD EPYC (2026-12-03, crops pixel-identical). 5.7e-5 on a 2.0 GHz Intel Xeon with
+    # AMX: there too the PNG crops equalled FaceRecognizer.align's and batch 2 vs 82 moved the cosine < 2e-7, so
+    # the likeliest cause is verify detecting both photos in one MTCNN batch (R/O-Net kernels that change with the
+    # batch shift landmarks ~1e-5 px and can flip a few crop pixels by one level); not reproducible on this CPU
     assert max(diffs) < 1e-4

@@ -51,6 +51,30 @@ def mnist_table(rep: dict, with_update: bool = False) -> str:
     return "\n".join(rows)
 
 
+def _mean_images_per_s(log: Path) -> float:
+    import csv
+
+    with open(log, newline="", encoding="utf-8") as f:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+    return sum(rates) / len(rates)
+
+
+def mnist_sweep_summary(folder: Path, older: Path) -> str:
+    """The accuracy spread of a sweep against an older sweep's, and each run's mean speed (its train_log.csv)."""
+    rep, old = _load(folder / "report.json"), _load(older / "report.json")
+    accs, old_accs = [r["test_accuracy"] for r in rep["runs"]], [r["test_accuracy"] for r in old["runs"]]
+    n_test = rep["config"]["test_subset"] or 10000
+    lams = [f"{r['lam']:g}" for r in rep["runs"]]
+    speeds = ", ".join(f"{lam}: {_mean_images_per_s(folder / f'lambda_{lam}' / 'train_log.csv'):.0f}" for lam in lams)
+    return (f"- Test accuracy across lambda: {_pct(min(accs))} to {_pct(max(accs))}, a spread of "
+            f"{round((max(accs) - min(accs)) * n_test)} of the {n_test:,} test digits. `{older.relative_to(ROOT)}` "
+            f"(lr {old['config']['lr']}): {_pct(min(old_accs))} to {_pct(max(old_accs))}, compactness "
+            f"{old['summary']['compactness_fall_softmax_to_tightest']:.1f}x tighter at lambda = "
+            f"{old['summary']['tightest_lambda']:g}.\n"
+            f"- Mean training speed per lambda (images/s, the `images_per_s` column of each run's `train_log.csv`): "
+            f"{speeds}.")
+
+
 def mnist_trajectories(rep: dict) -> str:
     rows = ["| lambda / update | center path length | motion in the last 10% of steps (relative to center spread) |",
             "|---|---:|---:|"]
@@ -207,6 +231,8 @@ def tables() -> dict[str, tuple[Path, Callable[[], str]]]:
     return {
         "mnist_quick": (RESULTS / "mnist_quick" / "report.json", lambda: mnist_table(_load(RESULTS / "mnist_quick" / "report.json"))),
         "mnist_paper": (RESULTS / "mnist_paper" / "report.json", lambda: mnist_table(_load(RESULTS / "mnist_paper" / "report.json"))),
+        "mnist_paper_summary": (RESULTS / "mnist_paper" / "report.json",
+                                lambda: mnist_sweep_summary(RESULTS / "mnist_paper", RESULTS / "v0.1" / "mnist_paper_lr001_h200")),
         "mnist_updates": (RESULTS / "mnist_updates" / "report.json",
                           lambda: mnist_table(_load(RESULTS / "mnist_updates" / "report.json"), with_update=True)),
         "mnist_trajectories": (RESULTS / "mnist_updates" / "report.json",

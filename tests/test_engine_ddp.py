@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, tiny_cfg
+from conftest import free_port, leave_worker, tiny_cfg
 from safetensors.torch import load_file, save_file
 
 from centerloss.engine import checkpoint as ck
@@ -45,11 +45,12 @@ def _worker(rank: int, world: int, port: int, cfg, out: str, crash_at: int) -> N
     try:
         trainer.fit()  # joins through env:// with gloo, tears the group down at the end
     except Crash:
-        return
+        leave_worker()  # the engine's DDP keeps the group alive past destroy: see conftest.leave_worker
     assert not dist.is_initialized()
     state = {f"net.{k}": v for k, v in trainer.net.state_dict().items()}
     state.update({f"obj.{k}": v for k, v in trainer.objective.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"rank{rank}.safetensors"))
+    leave_worker()
 
 
 def _spawn(world: int, cfg, out: Path, crash_at: int = 0) -> list[dict[str, torch.Tensor]]:

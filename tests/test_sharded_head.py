@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import leave_worker
 
 from centerloss import CenterLoss
 from centerloss.losses import JointLoss
@@ -193,6 +194,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    leave_worker()  # _run_ddp's DDP keeps the group alive past destroy: see conftest.leave_worker
 
 
 def _free_port() -> int:

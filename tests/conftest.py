@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,20 +69,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def leave_worker() -> None:
-    """End a spawned worker whose results are on disk, skipping interpreter teardown.
-
-    In torch 2.13 a DistributedDataParallel wrapper keeps its gloo process group alive in C++ after
-    ``destroy_process_group()``: measured here, 3 gloo threads still run after destroy and ``gc.collect()`` with
-    DDP, none without it. A gloo group still alive when the interpreter finalises can abort the process
-    ("terminate called without an active exception", SIGABRT): 2 of 5 probe runs that exited without destroying
-    their group, and two 3-process runs of this suite in CI. ``os._exit`` leaves before any of that runs; the
-    worker's exceptions still reach ``mp.spawn`` through its error file, since they happen before this call."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import leave_worker
 
 from centerloss import CenterLoss
+from centerloss.engine.distributed import leave_process
 from centerloss.losses import JointLoss
 from centerloss.losses.sharded import (
     INIT_BLOCK,
@@ -194,7 +194,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-    leave_worker()  # _run_ddp's DDP keeps the group alive past destroy: see conftest.leave_worker
+    leave_process(0)  # _run_ddp's DDP keeps the group alive past destroy: see leave_process
 
 
 def _free_port() -> int:

@@ -116,6 +116,23 @@ def _quiet_teardown() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    if argv is None and _in_multiprocess_world():  # the process is ending: leave without interpreter teardown
+        from .engine.distributed import leave_process
+
+        leave_process(code)
+    return code
+
+
+def _in_multiprocess_world() -> bool:
+    """True under ``torchrun`` (or anything that sets ``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -6,7 +6,9 @@ them. Heavy imports (torch, numpy) happen inside each command's handler, so ``ce
 Handlers return an exit code for normal outcomes and raise for everything else; :func:`main` turns what
 they raise into one line on stderr that names the bad file or value, and an exit code
 (:mod:`centerloss.errors` documents them): 2 for bad input or usage, 1 for a failed run, 130 for Ctrl-C.
-No traceback is printed unless ``CENTERLOSS_DEBUG=1``.
+No traceback is printed unless ``CENTERLOSS_DEBUG=1``. Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank
+ends with ``os._exit`` of that code once its output is flushed
+(:func:`centerloss.engine.distributed.leave_process` says why).
 """
 
 from __future__ import annotations

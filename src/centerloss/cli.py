@@ -147,9 +147,9 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         if os.environ.get("CENTERLOSS_DEBUG"):
             raise
-        print(f"centerloss {args.command}: interrupted", file=sys.stderr)
         if argv is None:  # the process is ending (console script, python -m), not a caller of main()
-            _quiet_teardown()
+            _quiet_teardown()  # before the line: a helper thread may fail at any moment from now on
+        print(f"centerloss {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         if os.environ.get("CENTERLOSS_DEBUG"):

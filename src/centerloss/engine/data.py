@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,10 @@ def takes_epoch_keys(dataset: Dataset) -> bool:
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
+    # A worker's only user of sys.excepthook is multiprocessing's resource-sharer thread, whose accept() fails
+    # while the worker is being stopped after a Ctrl-C; its traceback would follow the one "interrupted" line.
+    # Failures of the worker's own loop still reach the main process through the DataLoader's result queue.
+    sys.excepthook = lambda *exc: None
 
 
 def _start_forkserver() -> None:

@@ -139,10 +139,9 @@ def test_sharded_checkpoint_resumes_exactly_and_reshards(faces, tmp_path: Path) 
     assert ck.read_checkpoint(three).state["shards"]["class_ranges"] == [[0, 2], [2, 3], [3, 4]]
 
 
-def test_cli_leaves_without_teardown_only_as_a_rank_of_a_multiprocess_run(monkeypatch, capsys) -> None:
+def test_cli_leaves_without_teardown_only_as_a_rank_of_a_multiprocess_run(monkeypatch) -> None:
     """As a process entry under WORLD_SIZE > 1, ``main`` ends with ``os._exit(code)`` after flushing (see
     ``centerloss.engine.distributed.leave_process``); called as a function, or in a world of one, it returns the code."""
-
     left: list[int] = []
     monkeypatch.setattr(os, "_exit", left.append)
     monkeypatch.setattr(sys, "argv", ["centerloss", "train", "--preset", "no_such_preset"])
@@ -151,4 +150,3 @@ def test_cli_leaves_without_teardown_only_as_a_rank_of_a_multiprocess_run(monkey
         monkeypatch.setenv("WORLD_SIZE", world)
         assert cli.main(argv) == 2
         assert left == want, (world, argv)
-    capsys.readouterr()

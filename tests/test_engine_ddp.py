@@ -49,7 +49,7 @@ def _worker(rank: int, world: int, port: int, cfg, out: str, crash_at: int) -> N
     try:
         trainer.fit()  # joins through env:// with gloo, tears the group down at the end
     except Crash:
-        leave_process(0)  # the engine's DDP keeps the group alive past destroy: see leave_process
+        leave_process(0)  # the engine holds its gloo DDP until the process leaves: see hold_until_exit
     assert not dist.is_initialized()
     state = {f"net.{k}": v for k, v in trainer.net.state_dict().items()}
     state.update({f"obj.{k}": v for k, v in trainer.objective.state_dict().items()})

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from centerloss import CenterLoss
-from centerloss.engine.distributed import leave_process
+from centerloss.engine.distributed import hold_until_exit, leave_process
 from centerloss.losses import JointLoss
 from centerloss.losses.sharded import (
     INIT_BLOCK,
@@ -153,6 +153,7 @@ def _run_ddp(rank: int, world: int) -> dict:
     torch.manual_seed(0)
     backbone = torch.nn.Linear(D, D)
     net = torch.nn.parallel.DistributedDataParallel(backbone)
+    hold_until_exit(net)  # freeing a gloo DDP can deadlock
     head = ShardedJointLoss(D, C, lam=0.1, validate=False, seed=SEED)
     x, y = global_batches(world * EQUAL_B, C, 1, seed=9)[0]
     sl = slice(rank * EQUAL_B, (rank + 1) * EQUAL_B)
@@ -194,7 +195,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-    leave_process(0)  # _run_ddp's DDP keeps the group alive past destroy: see leave_process
+    leave_process(0)  # _run_ddp holds its DDP until the process leaves: see hold_until_exit
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ they raise into one line on stderr that names the bad file or value, and an exit
 (:mod:`centerloss.errors` documents them): 2 for bad input or usage, 1 for a failed run, 130 for Ctrl-C.
 No traceback is printed unless ``CENTERLOSS_DEBUG=1``. Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank
 ends with ``os._exit`` of that code once its output is flushed
-(:func:`centerloss.engine.distributed.leave_process` says why).
+(:func:`centerloss.engine.distributed.hold_until_exit` says why).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ world of one and never touches ``torch.distributed``. Nothing happens at import 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from dataclasses import dataclass
@@ -59,15 +60,26 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def leave_process(code: int) -> NoReturn:
-    """End a rank of a multi-process run once its outputs are written, skipping interpreter teardown.
+def hold_until_exit(ddp: torch.nn.Module) -> None:
+    """Never free a DDP wrapper over a **gloo** group: it lives as long as the process.
 
-    In torch 2.13 a DistributedDataParallel wrapper keeps its process group alive in C++ after
-    :func:`cleanup` (``destroy_process_group``): measured here, the 3 gloo threads still run after it and
-    ``gc.collect()`` with DDP, none without it. A gloo group still alive when the interpreter finalises can abort
-    the process ("terminate called without an active exception", SIGABRT) after a finished run, and ``torchrun``
-    then reports the whole job as failed. Every write is atomic and complete by the time a command returns, so
-    nothing is lost by not finalising. The CLI calls this under ``WORLD_SIZE`` > 1, and so do the tests' workers."""
+    Freeing DDP frees its C++ Reducer, which holds the last reference to the gloo process group. The group's
+    destructor stops and joins its worker threads while the freeing thread holds the GIL, and a worker still holds
+    its last finished collective, whose Python tensor it needs the GIL to release: a deadlock. py-spy showed
+    ``~ProcessGroupGloo`` in ``std::thread::join`` under ``Reducer`` dealloc, and the worker in
+    ``gil_scoped_acquire`` from ``decref_pyobject``, in the 3 torchrun runs that hung at the end here; releasing
+    held wrappers from an ``atexit`` hook instead hung 3 of 10 runs. Freed during interpreter teardown, the same
+    group can abort the process ("terminate called without an active exception"). So the reference is leaked on
+    purpose (one extra refcount); the OS reclaims it at exit. :func:`leave_process` is the clean way out, and a
+    script that calls ``Trainer.fit`` under torchrun on CPUs should end with it too: a plain exit still aborted 1
+    of 10 such runs here, after their outputs were written."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(ddp))
+
+
+def leave_process(code: int) -> NoReturn:
+    """End a rank of a multi-process run once its outputs are written: no ``atexit`` hooks, no interpreter teardown,
+    so no gloo group is torn down (:func:`hold_until_exit`). Every write is atomic and complete by the time a
+    command returns, so nothing is lost. The CLI calls this under ``WORLD_SIZE`` > 1, and so do the tests' workers."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -37,7 +37,7 @@ from ..errors import ConfigError, DataError, NonFiniteLossError
 from . import checkpoint as ck
 from .config import TrainConfig, resume_conflicts
 from .data import EpochSampler, dataset_labels, make_loader, start_batches
-from .distributed import barrier, cleanup, gather_objects, init_distributed
+from .distributed import barrier, cleanup, gather_objects, hold_until_exit, init_distributed
 from .metrics import NonFiniteGuard, RunningMetrics, total_grad_norm
 from .parts import build_objective, build_optimizer, build_schedule, sharded_parameter_names
 from .run import RunFolder
@@ -281,6 +281,8 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **no_buffer_sync())
+            if torch.distributed.get_backend() == "gloo":  # freeing it later could deadlock: see hold_until_exit
+                hold_until_exit(self.model)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.amp == "fp16")
